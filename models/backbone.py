@@ -1,0 +1,105 @@
+"""ResNet-style backbone (He et al., arXiv:1512.03385) with pluggable attention.
+
+Attention sits where SE and CBAM place it: on the residual branch after its last BN, before the add.
+"""
+
+import torch
+from torch import nn
+
+from models.attention import create_attn
+from models.outputs import OutputSpec, attention_specs
+
+
+def conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel, stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ResidualBlock(nn.Module):
+    """Basic (two 3×3) or bottleneck (1×1, 3×3, 1×1 with expansion 4) residual block."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, bottleneck: bool, attn: str | None) -> None:
+        super().__init__()
+        if bottleneck:
+            mid = out_ch // 4
+            self.branch = nn.Sequential(
+                conv_bn_relu(in_ch, mid, 1),
+                conv_bn_relu(mid, mid, 3, stride),
+                nn.Conv2d(mid, out_ch, 1, bias=False),
+                nn.BatchNorm2d(out_ch),
+            )
+        else:
+            self.branch = nn.Sequential(
+                conv_bn_relu(in_ch, out_ch, 3, stride),
+                nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out_ch),
+            )
+        self.attn = create_attn(attn, out_ch)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        y = self.branch(x)
+        maps: dict[str, torch.Tensor] = {}
+        if self.attn is not None:
+            y, maps = self.attn(y)
+        return torch.relu(y + self.shortcut(x)), maps
+
+
+class ResNetBackbone(nn.Module):
+    """A stride-2 stem and four stages at strides 2, 4, 8, 16; returns every stage's features."""
+
+    STAGE_STRIDES = (1, 2, 2, 2)
+
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (24, 48, 96, 192),
+        depths: tuple[int, ...] = (1, 1, 1, 1),
+        attn: str | None = None,
+        bottleneck: bool = False,
+        attn_stages: tuple[int, ...] = (1, 2, 3, 4),
+    ) -> None:
+        super().__init__()
+        self.stem = conv_bn_relu(3, widths[0], 3, stride=2)
+        self.blocks = nn.ModuleList()
+        self.map_specs: list[OutputSpec] = []
+        self.block_map_prefixes: list[str] = []
+        self.stage_of_block: list[int] = []
+        self.stage_strides: list[int] = []
+        stride, in_ch = 2, widths[0]
+        for stage, (width, depth, s) in enumerate(zip(widths, depths, self.STAGE_STRIDES, strict=True), 1):
+            stride *= s
+            self.stage_strides.append(stride)
+            for i in range(depth):
+                block_attn = attn if stage in attn_stages else None
+                block = ResidualBlock(in_ch, width, s if i == 0 else 1, bottleneck, block_attn)
+                prefix = f"stage{stage}_block{i}"
+                if block.attn is not None:
+                    self.map_specs += attention_specs(prefix, block.attn, stride)
+                self.blocks.append(block)
+                self.block_map_prefixes.append(prefix)
+                self.stage_of_block.append(stage)
+                in_ch = width
+        self.widths = tuple(widths)
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """``x``: N×3×H×W RGB in [0, 1]; normalising here means no caller can get it wrong."""
+        x = self.stem((x - 0.5) * 4.0)
+        feats: list[torch.Tensor] = []
+        maps: dict[str, torch.Tensor] = {}
+        for idx, block in enumerate(self.blocks):
+            x, block_maps = block(x)
+            prefix = self.block_map_prefixes[idx]
+            maps.update({f"{prefix}_{k}": v for k, v in block_maps.items()})
+            last_of_stage = (
+                idx + 1 == len(self.blocks) or self.stage_of_block[idx + 1] != self.stage_of_block[idx]
+            )
+            if last_of_stage:
+                feats.append(x)
+        return feats, maps

@@ -1,0 +1,29 @@
+"""Named model outputs: what each output is, so the exporter and the server can label it."""
+
+from dataclasses import dataclass
+
+# kinds of output: predictions, and the three kinds of attention map
+PREDICTION = "prediction"
+SPATIAL = "spatial"  # N×1×H×W, values in [0, 1]
+CHANNEL = "channel"  # N×C, values in [0, 1]
+CAM = "cam"  # N×classes×H×W class activation map, unnormalised
+MAP_KINDS = (SPATIAL, CHANNEL, CAM)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    name: str
+    kind: str
+    stride: int | None = None  # input pixels per map cell; None for outputs without a grid
+
+    @property
+    def is_map(self) -> bool:
+        return self.kind in MAP_KINDS
+
+
+def attention_specs(prefix: str, attn_module, stride: int) -> list[OutputSpec]:
+    """Specs for the maps an attention module returns, named ``{prefix}_{map}``."""
+    return [
+        OutputSpec(f"{prefix}_{name}", kind, None if kind == CHANNEL else stride)
+        for name, kind in attn_module.MAP_KINDS.items()
+    ]

@@ -1,0 +1,44 @@
+import numpy as np
+import torch
+
+from models.train import train
+from models.zoo import load_checkpoint
+
+TINY_CLASSIFIER = {"arch": "classifier", "attn": "se", "input_size": 64, "widths": [8, 16, 32, 32]}
+TINY_DETECTOR = {"arch": "detector", "input_size": 64, "widths": [8, 16, 32, 32], "fpn_channels": 16}
+
+
+def test_short_classifier_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path):
+    out = tmp_path / "tiny.pt"
+    result = train(
+        "tiny", TINY_CLASSIFIER, steps=60, batch=32, train_size=256, lr=1e-2, seed=0, out=out, val_count=50
+    )
+    losses = result["losses"]
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.05
+    model, config = load_checkpoint(out)
+    assert config == TINY_CLASSIFIER
+    assert model(torch.rand(1, 3, 64, 64))["logits"].shape == (1, 6)
+
+
+def test_short_detector_run_lowers_the_loss(tmp_path):
+    result = train(
+        "tiny",
+        TINY_DETECTOR,
+        steps=40,
+        batch=8,
+        train_size=64,
+        lr=5e-3,
+        seed=0,
+        out=tmp_path / "d.pt",
+        val_count=20,
+    )
+    losses = result["losses"]
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) * 0.8
+    assert 0.0 <= result["map50"] <= 1.0
+
+
+def test_training_is_reproducible(tmp_path):
+    kwargs = {"steps": 5, "batch": 8, "train_size": 64, "lr": 1e-2, "seed": 3, "val_count": 10}
+    a = train("a", TINY_CLASSIFIER, out=tmp_path / "a.pt", **kwargs)["losses"]
+    b = train("b", TINY_CLASSIFIER, out=tmp_path / "b.pt", **kwargs)["losses"]
+    assert a == b
