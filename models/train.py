@@ -90,6 +90,17 @@ def detection_loss(raw: dict[str, torch.Tensor], t: dict[str, torch.Tensor]) -> 
     return focal_loss(raw["heatmap"], t["heat"]) + 0.1 * size_loss + offset_loss
 
 
+def load_matching_weights(model: torch.nn.Module, path: Path) -> int:
+    """Copy every tensor of checkpoint ``path`` whose name and shape match; returns how many matched.
+
+    Lets one model continue from another's training (a longer run, or a shared backbone)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    own = model.state_dict()
+    matching = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matching, strict=False)
+    return len(matching)
+
+
 def train(
     name: str,
     config: dict,
@@ -100,6 +111,7 @@ def train(
     seed: int,
     out: Path,
     val_count: int = 300,
+    init: Path | None = None,
 ) -> dict:
     """Train, validating five times on ``val_count`` scenes; returns the per-step losses and last metrics."""
     torch.manual_seed(seed)
@@ -108,6 +120,8 @@ def train(
     kind = "detection" if detector else "classification"
     size = config["input_size"]
     model = build_model(config, CLASS_NAMES)
+    if init is not None:
+        print(f"{name}: {load_matching_weights(model, init)} tensors initialised from {init}", flush=True)
     t0 = time.time()
     scenes = generate(kind, TRAIN_SEED, train_size, size)
     images = np.stack([s.image for s in scenes])
@@ -160,6 +174,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument(
+        "--init", type=Path, default=None, help="start from the matching weights of this checkpoint"
+    )
     p.add_argument("--out", type=Path, default=None, help="checkpoint path (default models/weights/NAME.pt)")
     a = p.parse_args()
     if a.threads:
@@ -171,7 +188,10 @@ def main() -> None:
     train_size = a.train_size or (10000 if detector else 16000)
     if math.isnan(a.lr) or a.lr <= 0:
         p.error("--lr must be positive")
-    train(a.model, config, steps, batch, train_size, a.lr, a.seed, a.out or demo_checkpoint(a.model))
+    if a.init is not None and not a.init.is_file():
+        p.error(f"--init: no checkpoint at {a.init}")
+    out = a.out or demo_checkpoint(a.model)
+    train(a.model, config, steps, batch, train_size, a.lr, a.seed, out, init=a.init)
 
 
 if __name__ == "__main__":

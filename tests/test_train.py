@@ -42,3 +42,16 @@ def test_training_is_reproducible(tmp_path):
     a = train("a", TINY_CLASSIFIER, out=tmp_path / "a.pt", **kwargs)["losses"]
     b = train("b", TINY_CLASSIFIER, out=tmp_path / "b.pt", **kwargs)["losses"]
     assert a == b
+
+
+def test_init_copies_the_weights_another_architecture_shares(tmp_path):
+    from models.scenes import CLASS_NAMES
+    from models.train import load_matching_weights
+    from models.zoo import build_model, save_checkpoint
+
+    source = build_model(TINY_CLASSIFIER, CLASS_NAMES)
+    save_checkpoint(tmp_path / "se.pt", source, TINY_CLASSIFIER)
+    target = build_model({**TINY_CLASSIFIER, "attn": "eca"}, CLASS_NAMES)
+    copied = load_matching_weights(target, tmp_path / "se.pt")
+    assert 0 < copied < len(source.state_dict())  # the convs and head match; SE's own MLP has no place in ECA
+    torch.testing.assert_close(target.backbone.stem[0].weight, source.backbone.stem[0].weight.half().float())
