@@ -21,13 +21,16 @@ EVAL_SEED = 1000  # held out: training uses seed 1, validation seed 2
 EVAL_COMMAND = "python -m models.evaluate --write docs/models.md"
 
 
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """N×H×W×3 uint8 → N×3×H×W float in [0, 1], the models' input."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, config: dict, count: int = 1000, seed: int = EVAL_SEED, maps: bool = True
 ) -> dict:
     """Task quality (``top1`` or ``map50``) and, with ``maps``, per-map pointing game and energy-in-box."""
-    from models.train import to_tensor  # train imports this module; keep the import one-way at load time
-
     detector = config["arch"] == "detector"
     size = config["input_size"]
     scenes = generate("detection" if detector else "classification", seed, count, size)

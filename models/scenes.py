@@ -282,7 +282,7 @@ def _render(rng: np.random.Generator, size: int, radii: list[float]) -> Scene:
 
 
 def classification_scene(seed: int, index: int, size: int = 96) -> Scene:
-    """One object, 20–45 % of the image side in radius-diameter terms, anywhere in the image."""
+    """One object, its diameter about 24–52 % of the image side, anywhere in the image."""
     rng = _rng(seed, index)
     while True:
         scene = _render(rng, size, [rng.uniform(0.12, 0.26) * size])

@@ -14,17 +14,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.evaluate import evaluate
+from models.evaluate import evaluate, to_tensor
 from models.scenes import CLASS_NAMES, Scene, generate
 from models.zoo import DEMO_MODELS, build_model, demo_checkpoint, save_checkpoint
 
 TRAIN_SEED = 1  # validation and evaluation use other seeds (see models/evaluate.py)
 VAL_SEED = 2
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """N×H×W×3 uint8 → N×3×H×W float in [0, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def flip_batch(

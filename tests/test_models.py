@@ -23,6 +23,16 @@ def test_classifier_outputs_match_their_specs_at_any_input_size(attn, size):
     torch.testing.assert_close(out["probabilities"].sum(1), torch.ones(2))
 
 
+@pytest.mark.parametrize("attn", ["se", "cbam"])
+def test_bottleneck_blocks_carry_attention_on_the_expanded_width(attn):
+    model = AttentionClassifier(CLASS_NAMES, attn, widths=(32, 64, 64, 128), bottleneck=True).eval()
+    block = model.backbone.blocks[-1]
+    assert len(block.branch) == 4  # 1×1 reduce, 3×3, 1×1 expand, BN
+    assert block.branch[0][0].out_channels == 128 // 4
+    out = model(torch.rand(1, 3, 64, 64))
+    assert out["stage4_block0_channel"].shape == (1, 128)
+
+
 def test_classifier_logits_equal_pooled_features_through_the_head():
     """The CAM is the head applied per cell, so its mean plus bias is the ordinary GAP + linear head."""
     torch.manual_seed(0)
