@@ -33,7 +33,7 @@ def test_short_detector_run_lowers_the_loss(tmp_path):
         val_count=20,
     )
     losses = result["losses"]
-    assert np.mean(losses[-10:]) < np.mean(losses[:10]) * 0.8
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) * 0.9  # about 0.8 seen; an untrained run stays near 1
     assert 0.0 <= result["map50"] <= 1.0
 
 
