@@ -34,12 +34,13 @@ format: install
 # 2 CPU cores). A classifier from scratch sits near chance for its first ~400 steps (a global label,
 # an object anywhere in clutter), so both classifiers continue from one 1000-step CBAM warm-up run;
 # the ECA model takes the warm-up's convolutions (its attention modules are its own), and CBAM
-# takes a third stage at a lower rate.
+# takes two more stages at a lower rate.
 train: install
 	$(PY) -m models.train harnet_detector
 	$(PY) -m models.train cbam_classifier --out runs/cbam_warmup.pt
 	$(PY) -m models.train cbam_classifier --init runs/cbam_warmup.pt --steps 1200 --lr 2e-3 --out runs/cbam_stage2.pt
-	$(PY) -m models.train cbam_classifier --init runs/cbam_stage2.pt --steps 800 --lr 1e-3 --seed 1
+	$(PY) -m models.train cbam_classifier --init runs/cbam_stage2.pt --steps 800 --lr 1e-3 --seed 1 --out runs/cbam_stage3.pt
+	$(PY) -m models.train cbam_classifier --init runs/cbam_stage3.pt --steps 1200 --lr 1e-3 --seed 2
 	$(PY) -m models.train eca_classifier --init runs/cbam_warmup.pt --steps 1200 --lr 2e-3
 
 # Re-measure the demo models on 1000 held-out scenes and rewrite docs/models.md.
