@@ -86,7 +86,6 @@ class ResNetBackbone(nn.Module):
                 self.block_map_prefixes.append(prefix)
                 self.stage_of_block.append(stage)
                 in_ch = width
-        self.widths = tuple(widths)
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """``x``: N×3×H×W RGB in [0, 1]; normalising here means no caller can get it wrong."""

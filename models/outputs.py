@@ -7,7 +7,6 @@ PREDICTION = "prediction"
 SPATIAL = "spatial"  # N×1×H×W, values in [0, 1]
 CHANNEL = "channel"  # N×C, values in [0, 1]
 CAM = "cam"  # N×classes×H×W class activation map, unnormalised
-MAP_KINDS = (SPATIAL, CHANNEL, CAM)
 
 
 @dataclass(frozen=True)
@@ -15,10 +14,6 @@ class OutputSpec:
     name: str
     kind: str
     stride: int | None = None  # input pixels per map cell; None for outputs without a grid
-
-    @property
-    def is_map(self) -> bool:
-        return self.kind in MAP_KINDS
 
 
 def attention_specs(prefix: str, attn_module, stride: int) -> list[OutputSpec]:

@@ -8,7 +8,7 @@ first, and its box is the mask's bounding box (amodal: occluders drawn later do 
 
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import Pool
 
 import numpy as np
@@ -22,7 +22,6 @@ class Scene:
     image: np.ndarray  # H×W×3 uint8, RGB
     boxes: np.ndarray  # M×4 float32, x1 y1 x2 y2 in pixels, x2/y2 exclusive
     labels: np.ndarray  # M int64, indices into CLASS_NAMES
-    meta: dict = field(default_factory=dict)
 
 
 def _rng(seed: int, index: int) -> np.random.Generator:
