@@ -31,8 +31,9 @@ format: install
 	$(VENV)/bin/ruff format .
 
 # Retrain the three demo models into models/weights/, as the shipped ones were (tens of minutes
-# per run on 2 CPU cores). A classifier from scratch sits near chance for its first ~400 steps (a global label,
-# an object anywhere in clutter), so both classifiers continue from one 1000-step CBAM warm-up run;
+# per run on 2 CPU cores). A classifier from scratch sits near chance for its first ~400 steps
+# (a global label, an object anywhere in clutter), so both classifiers continue from one
+# 1000-step CBAM warm-up run;
 # the ECA model takes the warm-up's convolutions (its attention modules are its own), and CBAM
 # takes two more stages at a lower rate.
 train: install

@@ -70,7 +70,7 @@ class ResNetBackbone(nn.Module):
         self.blocks = nn.ModuleList()
         self.map_specs: list[OutputSpec] = []
         self.block_map_prefixes: list[str] = []
-        self.stage_of_block: list[int] = []
+        self.stage_ends: set[int] = set()  # index of each stage's last block: its output is a feature map
         self.stage_strides: list[int] = []
         stride, in_ch = 2, widths[0]
         for stage, (width, depth, s) in enumerate(zip(widths, depths, self.STAGE_STRIDES, strict=True), 1):
@@ -84,8 +84,8 @@ class ResNetBackbone(nn.Module):
                     self.map_specs += attention_specs(prefix, block.attn, stride)
                 self.blocks.append(block)
                 self.block_map_prefixes.append(prefix)
-                self.stage_of_block.append(stage)
                 in_ch = width
+            self.stage_ends.add(len(self.blocks) - 1)
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """``x``: N×3×H×W RGB in [0, 1]; normalising here means no caller can get it wrong."""
@@ -96,9 +96,6 @@ class ResNetBackbone(nn.Module):
             x, block_maps = block(x)
             prefix = self.block_map_prefixes[idx]
             maps.update({f"{prefix}_{k}": v for k, v in block_maps.items()})
-            last_of_stage = (
-                idx + 1 == len(self.blocks) or self.stage_of_block[idx + 1] != self.stage_of_block[idx]
-            )
-            if last_of_stage:
+            if idx in self.stage_ends:
                 feats.append(x)
         return feats, maps

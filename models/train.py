@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from models.evaluate import evaluate, to_tensor
 from models.scenes import CLASS_NAMES, Scene, generate
-from models.zoo import DEMO_MODELS, build_model, demo_checkpoint, save_checkpoint
+from models.zoo import DEMO_MODELS, build_model, demo_checkpoint, read_checkpoint, save_checkpoint
 
 TRAIN_SEED = 1  # validation and evaluation use other seeds (see models/evaluate.py)
 VAL_SEED = 2
@@ -89,9 +89,9 @@ def load_matching_weights(model: torch.nn.Module, path: Path) -> int:
     """Copy every tensor of checkpoint ``path`` whose name and shape match; returns how many matched.
 
     Lets one model continue from another's training (a longer run, or a shared backbone)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    state = read_checkpoint(path)["state_dict"]
     own = model.state_dict()
-    matching = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and own[k].shape == v.shape}
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(matching, strict=False)
     return len(matching)
 

@@ -47,13 +47,20 @@ def save_checkpoint(path: Path, model: nn.Module, config: dict, metrics: dict | 
     torch.save(payload, path)
 
 
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint's payload, its weights back in float32 (they are stored as fp16)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload["state_dict"] = {
+        k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()
+    }
+    return payload
+
+
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """The model in eval mode, and the checkpoint's config (with ``input_size``)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = read_checkpoint(path)
     model = build_model(payload["config"], tuple(payload["class_names"]))
-    model.load_state_dict(
-        {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
-    )
+    model.load_state_dict(payload["state_dict"])
     return model.eval(), payload["config"]
 
 

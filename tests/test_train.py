@@ -1,8 +1,9 @@
 import numpy as np
 import torch
 
-from models.train import train
-from models.zoo import load_checkpoint
+from models.scenes import CLASS_NAMES
+from models.train import load_matching_weights, train
+from models.zoo import build_model, load_checkpoint, save_checkpoint
 
 TINY_CLASSIFIER = {"arch": "classifier", "attn": "se", "input_size": 64, "widths": [8, 16, 32, 32]}
 TINY_DETECTOR = {"arch": "detector", "input_size": 64, "widths": [8, 16, 32, 32], "fpn_channels": 16}
@@ -45,10 +46,6 @@ def test_training_is_reproducible(tmp_path):
 
 
 def test_init_copies_the_weights_another_architecture_shares(tmp_path):
-    from models.scenes import CLASS_NAMES
-    from models.train import load_matching_weights
-    from models.zoo import build_model, save_checkpoint
-
     source = build_model(TINY_CLASSIFIER, CLASS_NAMES)
     save_checkpoint(tmp_path / "se.pt", source, TINY_CLASSIFIER)
     target = build_model({**TINY_CLASSIFIER, "attn": "eca"}, CLASS_NAMES)
