@@ -56,6 +56,9 @@ class ResNetBackbone(nn.Module):
     """A stride-2 stem and four stages at strides 2, 4, 8, 16; returns every stage's features."""
 
     STAGE_STRIDES = (1, 2, 2, 2)
+    # the input normalisation applied inside forward(), per RGB channel; exporters record it
+    INPUT_MEAN = (0.5, 0.5, 0.5)
+    INPUT_STD = (0.25, 0.25, 0.25)
 
     def __init__(
         self,
@@ -81,7 +84,7 @@ class ResNetBackbone(nn.Module):
                 block = ResidualBlock(in_ch, width, s if i == 0 else 1, bottleneck, block_attn)
                 prefix = f"stage{stage}_block{i}"
                 if block.attn is not None:
-                    self.map_specs += attention_specs(prefix, block.attn, stride)
+                    self.map_specs += attention_specs(prefix, block.attn, stride, f"blocks.{len(self.blocks)}.attn")
                 self.blocks.append(block)
                 self.block_map_prefixes.append(prefix)
                 in_ch = width
@@ -89,7 +92,7 @@ class ResNetBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """``x``: N×3×H×W RGB in [0, 1]; normalising here means no caller can get it wrong."""
-        x = self.stem((x - 0.5) * 4.0)
+        x = self.stem((x - 0.5) / 0.25)  # INPUT_MEAN, INPUT_STD
         feats: list[torch.Tensor] = []
         maps: dict[str, torch.Tensor] = {}
         for idx, block in enumerate(self.blocks):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from models.backbone import ResNetBackbone
-from models.outputs import CAM, PREDICTION, OutputSpec
+from models.outputs import CAM, PREDICTION, OutputSpec, under
 
 
 class AttentionClassifier(nn.Module):
@@ -29,8 +29,8 @@ class AttentionClassifier(nn.Module):
         self.output_specs = [
             OutputSpec("logits", PREDICTION),
             OutputSpec("probabilities", PREDICTION),
-            OutputSpec("cam", CAM, self.backbone.stage_strides[-1]),
-            *self.backbone.map_specs,
+            OutputSpec("cam", CAM, self.backbone.stage_strides[-1], "head"),
+            *under("backbone", self.backbone.map_specs),
         ]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from torch import nn
 
 from models.attention import CrossLevelChannelAttention, DilatedSpatialAttention
 from models.backbone import ResNetBackbone
-from models.outputs import PREDICTION, OutputSpec, attention_specs
+from models.outputs import PREDICTION, OutputSpec, attention_specs, under
 
 HEATMAP_PRIOR_BIAS = -2.19  # sigmoid(-2.19) ≈ 0.1, CenterNet's initial heatmap prior
 
@@ -54,16 +54,16 @@ class HybridAttentionDetector(nn.Module):
 
         level_specs = [
             spec
-            for stride, attn in zip(self.strides, self.level_attn, strict=True)
-            for spec in attention_specs(f"level{stride}", attn, stride)
+            for i, (stride, attn) in enumerate(zip(self.strides, self.level_attn, strict=True))
+            for spec in attention_specs(f"level{stride}", attn, stride, f"level_attn.{i}")
         ]
         self.output_specs = [
             OutputSpec("boxes", PREDICTION),
             OutputSpec("scores", PREDICTION),
             OutputSpec("classes", PREDICTION),
             *level_specs,
-            *attention_specs("cross_level", self.channel_attn, self.out_stride),
-            *self.backbone.map_specs,
+            *attention_specs("cross_level", self.channel_attn, self.out_stride, "channel_attn"),
+            *under("backbone", self.backbone.map_specs),
         ]
 
     def forward_heads(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -1,6 +1,6 @@
 """Named model outputs: what each output is, so the exporter and the server can label it."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # kinds of output: predictions, and the three kinds of attention map
 PREDICTION = "prediction"
@@ -14,11 +14,17 @@ class OutputSpec:
     name: str
     kind: str
     stride: int | None = None  # input pixels per map cell; None for outputs without a grid
+    source: str = ""  # path of the module that computes it, as in ``named_modules()``
 
 
-def attention_specs(prefix: str, attn_module, stride: int) -> list[OutputSpec]:
+def attention_specs(prefix: str, attn_module, stride: int, source: str) -> list[OutputSpec]:
     """Specs for the maps an attention module returns, named ``{prefix}_{map}``."""
     return [
-        OutputSpec(f"{prefix}_{name}", kind, None if kind == CHANNEL else stride)
+        OutputSpec(f"{prefix}_{name}", kind, None if kind == CHANNEL else stride, source)
         for name, kind in attn_module.MAP_KINDS.items()
     ]
+
+
+def under(parent: str, specs: list[OutputSpec]) -> list[OutputSpec]:
+    """``specs`` of a submodule, with sources seen from the module that holds it as ``parent``."""
+    return [replace(spec, source=f"{parent}.{spec.source}") for spec in specs]

@@ -1,0 +1,142 @@
+"""``attnserve export``: PyTorch model → verified ONNX model with its attention maps, in a model repository.
+
+attnserve export --arch NAME [--checkpoint PATH] --repository DIR [--name NAME] [--version N]
+attnserve export --factory MODULE:CALLABLE [--factory-kwargs JSON] [--checkpoint PATH]
+                 --task classification|detection --input-size H W [--labels FILE]
+                 --name NAME --repository DIR [--version N]
+attnserve export --demo --repository DIR
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from attnserve.imaging import RESIZE_POLICIES
+from attnserve.manifest import PRECISIONS, TASKS
+from export.errors import ExportError
+from export.exporters import EXPORTERS, MIN_OPSET
+from export.pipeline import ATTENTION_MODES, ExportRequest, demo_requests, export_model
+from models.zoo import DEMO_MODELS
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="attnserve export", description=__doc__.splitlines()[0])
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    what = p.add_argument_group("what to export (one of)")
+    what.add_argument("--arch", help=f"one of our architectures: {', '.join(DEMO_MODELS)}")
+    what.add_argument(
+        "--factory", metavar="MODULE:CALLABLE", help="import MODULE, call CALLABLE to build the model"
+    )
+    what.add_argument("--demo", action="store_true", help="every shipped demo model, each under its own name")
+    p.add_argument(
+        "--factory-kwargs", metavar="JSON", help="keyword arguments for the factory, a JSON object"
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, help="state dict to load (torch.save of tensors; never unpickled code)"
+    )
+    p.add_argument("--task", choices=TASKS, help="required with --factory")
+    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), help="required with --factory")
+    p.add_argument("--labels", type=Path, help="text file, one class name per line in output order")
+    where = p.add_argument_group("where to write")
+    where.add_argument("--repository", type=Path, required=True, help="model repository folder")
+    where.add_argument("--name", help="model name in the repository (default: the --arch name)")
+    where.add_argument("--version", type=int, help="version number (default: the next free one)")
+    where.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    how = p.add_argument_group("how")
+    how.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    how.add_argument("--calibration", type=Path, metavar="DIR", help="images for int8 calibration")
+    how.add_argument("--calibration-count", type=int, default=256, help="images used for calibration")
+    how.add_argument(
+        "--min-agreement", type=float, default=0.99, help="fp16/int8 agreement with fp32 required"
+    )
+    how.add_argument("--opset", type=int, default=MIN_OPSET)
+    how.add_argument(
+        "--image-mean", nargs=3, type=float, metavar=("R", "G", "B"), help="for --factory models"
+    )
+    how.add_argument("--image-std", nargs=3, type=float, metavar=("R", "G", "B"), help="for --factory models")
+    how.add_argument(
+        "--resize", choices=RESIZE_POLICIES, help="default: letterbox (detection), resize (else)"
+    )
+    how.add_argument("--attention", choices=ATTENTION_MODES, default="auto", help="which attention outputs")
+    how.add_argument("--exporter", choices=("auto", *EXPORTERS), default="auto")
+    how.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def requests_from(args: argparse.Namespace) -> list[ExportRequest]:
+    common = dict(
+        version=args.version,
+        checkpoint=args.checkpoint,
+        task=args.task,
+        input_size=tuple(args.input_size) if args.input_size else None,
+        labels=args.labels,
+        precision=args.precision,
+        calibration=args.calibration,
+        calibration_count=args.calibration_count,
+        opset=args.opset,
+        image_mean=args.image_mean,
+        image_std=args.image_std,
+        resize=args.resize,
+        attention=args.attention,
+        exporter=args.exporter,
+        min_agreement=args.min_agreement,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    if args.demo:
+        if args.arch or args.factory or args.checkpoint or args.name:
+            raise ExportError(
+                "--demo exports the shipped demo models: leave out --arch, --factory, --checkpoint, --name."
+            )
+        return demo_requests(args.repository, **common)
+    return [
+        ExportRequest(
+            args.repository,
+            name=args.name,
+            arch=args.arch,
+            factory=args.factory,
+            factory_kwargs=args.factory_kwargs,
+            **common,
+        )
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    try:
+        for request in requests_from(args):
+            path, manifest = export_model(request, log)
+            print(summary(path, manifest))
+    except ExportError as exc:
+        print(f"attnserve export: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def summary(path: Path, manifest) -> str:
+    v = manifest.verification
+    fp32 = v["parity_fp32_vs_pytorch"]
+    worst = max(fp32["max_abs_diff"].values(), default=0.0)
+    lines = [
+        f"{path}: {manifest.task}, {manifest.precision}, exporter {manifest.exporter}, "
+        f"{len(manifest.attention)} attention outputs",
+        f"  parity with PyTorch: max abs diff {worst:.1e} (tolerance {fp32['tolerance']})",
+    ]
+    if "detections" in fp32:
+        d = fp32["detections"]
+        lines.append(f"  detections matched as sets: {d['compared'] - d['unmatched']}/{d['compared']}")
+    for key in ("fp16_vs_fp32", "int8_vs_fp32"):
+        if key in v:
+            figures = v[key]
+            value = figures.get("top1_agreement", figures.get("detection_agreement"))
+            lines.append(f"  {key.replace('_vs_', ' vs ')} agreement {value:.3f} on {figures['measured_on']}")
+    lines += [
+        f"  {a.name}: {a.kind} {a.shape} from {a.source or 'model'} ({a.origin})" for a in manifest.attention
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))

@@ -1,0 +1,281 @@
+"""Find the attention gates in an exported ONNX graph and promote them to named outputs.
+
+A gate is a Sigmoid / HardSigmoid / Softmax whose result, possibly through reshapes, transposes, expands
+or an added constant (``1 + sigmoid(...)``), multiplies a feature tensor. Its shape against that feature
+says what it is: N×1×H×W spatial, N×C(×1×1) channel, N×C×H×W full (its channel mean is also emitted as
+a spatial map), N×C×H×1 / N×C×1×W coordinate-attention axes (a pair in one module also gives the
+channel mean of their product as a spatial map). ``x * sigmoid(x)`` (SiLU/Swish) is an activation, not
+a gate. Each output is named after the module that computes it, e.g. ``layer3.1.cbam.spatial``.
+
+Every promoted map is matched to the value PyTorch computed in the same module (export.capture);
+a gate without such a match is reported and left out, never emitted unverified.
+"""
+
+import ast
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from export.adapter import INPUT_NAME, MODEL_ATTR
+from export.capture import GateRecord
+
+GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax"}
+PASS_THROUGH = {"Reshape", "Unsqueeze", "Squeeze", "Expand", "Flatten", "Transpose", "Identity", "Cast"}
+MATCH_TOLERANCE = 1e-4
+
+
+@dataclass
+class Gate:
+    tensor: str  # the gate op's output in the graph
+    feature: str  # the tensor it multiplies
+    scope: str  # the module the gate op ran in (named_modules() path of the user's model)
+    source: str  # the module it belongs to: scope, less a leaf that is only the activation itself
+    shape: tuple[int, ...] = ()
+    feature_shape: tuple[int, ...] = ()
+    kind: str = ""
+    record: int = -1  # index of the matching PyTorch GateRecord
+
+
+@dataclass
+class PromotedMap:
+    name: str
+    kind: str
+    source: str
+    gates: list[Gate]  # one gate; two for a coordinate-attention pair
+    derived: str = ""  # "" the gate itself; "channel_mean" of a full gate; "axis_product" of a pair
+    shape: list[int] = field(default_factory=list)  # at batch 1
+
+    def expected(self, records: list[GateRecord]) -> np.ndarray:
+        """The same map computed from PyTorch's recorded gate values."""
+        values = [records[g.record].value.float().numpy() for g in self.gates]
+        n = values[0].shape[0]
+        if self.derived == "axis_product":
+            h, w = (v.reshape(n, *_canonical_shape(g)) for v, g in zip(values, self.gates, strict=True))
+            return (h * w).mean(axis=1, keepdims=True)
+        gate = values[0].reshape(n, *_canonical_shape(self.gates[0]))
+        return gate.mean(axis=1, keepdims=True) if self.derived == "channel_mean" else gate
+
+
+def discover(
+    proto: onnx.ModelProto, sample: np.ndarray, records: list[GateRecord]
+) -> tuple[list[PromotedMap], list[str]]:
+    """The maps to promote, and a line for each gate found but left out (and why)."""
+    gates = find_gates(proto)
+    if not gates:
+        return [], []
+    values = _probe(proto, sample, [t for g in gates for t in (g.tensor, g.feature)])
+    kept, skipped = [], []
+    for gate in gates:
+        gate.shape, gate.feature_shape = values[gate.tensor].shape, values[gate.feature].shape
+        gate.kind = classify(gate.shape, gate.feature_shape)
+        where = f"{gate.tensor} in {gate.scope or 'the top-level module'}"
+        if not gate.kind:
+            skipped.append(f"{where}: gate {gate.shape} on feature {gate.feature_shape} has no known layout")
+            continue
+        gate.record = _match(values[gate.tensor], gate.scope, records)
+        if gate.record < 0:  # TorchScript names a module's second call "name_1"
+            gate.scope = re.sub(r"_\d+$", "", gate.scope)
+            gate.record = _match(values[gate.tensor], gate.scope, records)
+        if gate.record < 0:
+            skipped.append(f"{where}: no PyTorch activation in that module has the same values")
+            continue
+        kept.append(gate)
+    return _maps_for(kept), skipped
+
+
+def find_gates(proto: onnx.ModelProto) -> list[Gate]:
+    graph = proto.graph
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    constants = {i.name for i in graph.initializer} | {
+        o for n in graph.node if n.op_type == "Constant" for o in n.output
+    }
+    scopes = [node_scope(n) for n in graph.node]
+    busy_scopes = {s for s, n in zip(scopes, graph.node, strict=True) if n.op_type not in GATE_OPS}
+    gates = []
+    for node, scope in zip(graph.node, scopes, strict=True):
+        if node.op_type not in GATE_OPS:
+            continue
+        feature = _multiplied_feature(node.output[0], consumers, constants)
+        if feature is None or feature == node.input[0]:  # no product, or x * sigmoid(x): an activation
+            continue
+        # a leaf module that holds nothing but the activation (nn.Sigmoid in a Sequential) is not the source
+        source = scope if scope in busy_scopes else scope.rpartition(".")[0]
+        gates.append(Gate(node.output[0], feature, scope, source))
+    return gates
+
+
+def node_scope(node: onnx.NodeProto) -> str:
+    """The module path a node came from, relative to the user's model, from either exporter's naming."""
+    meta = {p.key: p.value for p in node.metadata_props}
+    if "pkg.torch.onnx.name_scopes" in meta:  # torch.export: qualified names, outermost first
+        scopes = ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])
+        path = scopes[-2] if len(scopes) >= 2 else ""
+    else:  # TorchScript: "/model/layer1/layer1.0/se/fc/fc.3/Sigmoid"
+        parts: list[str] = []
+        for comp in node.name.split("/")[1:-1]:
+            if parts and comp.startswith(parts[-1] + "."):
+                parts[-1] = comp
+            else:
+                parts.append(comp)
+        path = ".".join(parts)
+    path = re.sub(r"@\d+", "", path)  # torch.export marks repeated calls of one module
+    if path == MODEL_ATTR:
+        return ""
+    return path.removeprefix(MODEL_ATTR + ".")
+
+
+def classify(gate: tuple[int, ...], feature: tuple[int, ...]) -> str:
+    if len(feature) != 4 or not gate or gate[0] != feature[0]:
+        return ""
+    _, c, h, w = feature
+    dims = [d for d in gate[1:] if d != 1]
+    layouts = {  # checked in this order: with C == H·W a flat gate is far more often a channel gate
+        "full": ([c, h, w], [c, h * w]),
+        "channel": ([c],),
+        "spatial": ([h, w], [h * w]),
+        "axis_h": ([c, h],),
+        "axis_w": ([c, w],),
+    }
+    for kind, patterns in layouts.items():
+        if any(dims == [d for d in p if d != 1] for p in patterns):
+            return kind
+    return ""
+
+
+def promote(proto: onnx.ModelProto, maps: list[PromotedMap]) -> onnx.ModelProto:
+    """A copy of ``proto`` with each map as a named graph output."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    graph = out.graph
+    canonical: dict[str, str] = {}  # gate tensor → its canonical-shape tensor
+
+    def canonical_of(gate: Gate) -> str:
+        if gate.tensor not in canonical:
+            name = f"attnserve/{gate.tensor}/canonical"
+            shape = numpy_helper.from_array(
+                np.array([-1, *_canonical_shape(gate)], np.int64), name + "_shape"
+            )
+            graph.initializer.append(shape)
+            graph.node.append(helper.make_node("Reshape", [gate.tensor, shape.name], [name]))
+            canonical[gate.tensor] = name
+        return canonical[gate.tensor]
+
+    axis = numpy_helper.from_array(np.array([1], np.int64), "attnserve/channel_axis")
+    if any(m.derived for m in maps):
+        graph.initializer.append(axis)
+    for m in maps:
+        if m.derived == "axis_product":
+            product = f"attnserve/{m.name}/product"
+            graph.node.append(helper.make_node("Mul", [canonical_of(g) for g in m.gates], [product]))
+            graph.node.append(helper.make_node("ReduceMean", [product, axis.name], [m.name], keepdims=1))
+        elif m.derived == "channel_mean":
+            graph.node.append(
+                helper.make_node("ReduceMean", [canonical_of(m.gates[0]), axis.name], [m.name], keepdims=1)
+            )
+        else:
+            graph.node.append(helper.make_node("Identity", [canonical_of(m.gates[0])], [m.name]))
+        graph.output.append(helper.make_tensor_value_info(m.name, TensorProto.FLOAT, None))
+    return out
+
+
+def _canonical_shape(gate: Gate) -> tuple[int, ...]:
+    """The map's shape without the batch: channel C; spatial 1×H×W; full C×H×W; axes C×H×1 / C×1×W."""
+    _, c, h, w = gate.feature_shape
+    return {
+        "channel": (c,),
+        "spatial": (1, h, w),
+        "full": (c, h, w),
+        "axis_h": (c, h, 1),
+        "axis_w": (c, 1, w),
+    }[gate.kind]
+
+
+def _maps_for(gates: list[Gate]) -> list[PromotedMap]:
+    maps: list[PromotedMap] = []
+    taken: set[str] = set()
+
+    def name_for(source: str, kind: str) -> str:
+        base = f"{source or 'model'}.{kind}"
+        name, i = base, 2
+        while name in taken:
+            name, i = f"{base}_{i}", i + 1
+        taken.add(name)
+        return name
+
+    for gate in gates:
+        maps.append(PromotedMap(name_for(gate.source, gate.kind), gate.kind, gate.source, [gate]))
+        if gate.kind == "full":
+            maps.append(
+                PromotedMap(name_for(gate.source, "spatial"), "spatial", gate.source, [gate], "channel_mean")
+            )
+    by_source = defaultdict(dict)
+    for gate in gates:
+        if gate.kind in ("axis_h", "axis_w"):
+            by_source[gate.source].setdefault(gate.kind, gate)
+    for source, pair in by_source.items():
+        if len(pair) == 2:
+            gates_hw = [pair["axis_h"], pair["axis_w"]]
+            maps.append(PromotedMap(name_for(source, "spatial"), "spatial", source, gates_hw, "axis_product"))
+    for m in maps:
+        _, c, h, w = m.gates[0].feature_shape
+        m.shape = [1, c] if m.kind == "channel" else [1, *_canonical_shape(m.gates[0])]
+        if m.derived:
+            m.shape = [1, 1, h, w]
+    return maps
+
+
+def _multiplied_feature(tensor: str, consumers, constants: set[str], depth: int = 0) -> str | None:
+    if depth > 8:
+        return None
+    for node in consumers.get(tensor, []):
+        others = [i for i in node.input if i != tensor]
+        reshaped = node.op_type in PASS_THROUGH and node.input[0] == tensor
+        offset = node.op_type == "Add" and others and all(o in constants for o in others)
+        if reshaped or offset:
+            found = _multiplied_feature(node.output[0], consumers, constants, depth + 1)
+        elif node.op_type == "Mul" and len(others) == 1 and others[0] not in constants:
+            found = others[0]
+        else:
+            found = None
+        if found is not None:
+            return found
+    return None
+
+
+def _probe(proto: onnx.ModelProto, sample: np.ndarray, tensors: list[str]) -> dict[str, np.ndarray]:
+    """The values of intermediate ``tensors`` on ``sample``, by running the graph with them as outputs."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    present = {o.name for o in probe.graph.output}
+    wanted = list(dict.fromkeys(tensors))
+    for name in wanted:
+        if name not in present:
+            probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    session = cpu_session(probe)
+    return dict(zip(wanted, session.run(wanted, {INPUT_NAME: sample}), strict=True))
+
+
+def cpu_session(proto: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: intermediate outputs make ORT warn about each one
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _match(value: np.ndarray, scope: str, records: list[GateRecord]) -> int:
+    best, best_diff = -1, MATCH_TOLERANCE
+    flat = value.reshape(-1)
+    for i, record in enumerate(records):
+        if record.scope != scope or record.value.numel() != flat.size:
+            continue
+        diff = float(np.abs(record.value.float().numpy().reshape(-1) - flat).max())
+        if diff <= best_diff:
+            best, best_diff = i, diff
+    return best

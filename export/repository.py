@@ -1,0 +1,61 @@
+"""Writing into a model repository (``DIR/NAME/VERSION/{model.onnx, manifest.json}``), atomically: a version
+folder appears complete or not at all. Work happens in a hidden folder beside it, renamed into place."""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from attnserve.manifest import MANIFEST_FILE, MODEL_FILE
+from export.errors import ExportError
+
+
+def versions(repository: Path, name: str) -> list[int]:
+    folder = Path(repository) / name
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def next_version(repository: Path, name: str) -> int:
+    existing = versions(repository, name)
+    return existing[-1] + 1 if existing else 1
+
+
+def check_free(repository: Path, name: str, version: int, overwrite: bool) -> None:
+    """Fail before any work when the version exists: an export takes a while."""
+    if (Path(repository) / name / str(version)).exists() and not overwrite:
+        raise ExportError(
+            f"{Path(repository) / name / str(version)} already exists. Pass another --version, leave "
+            "--version out to take the next free one, or pass --overwrite to replace it."
+        )
+
+
+def write_version(
+    repository: Path, name: str, version: int, model: bytes, manifest_json: str, overwrite: bool = False
+) -> Path:
+    check_free(repository, name, version, overwrite)
+    model_dir = Path(repository) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    target = model_dir / str(version)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.staging-", dir=model_dir))
+    try:
+        _write_synced(staging / MODEL_FILE, model)
+        _write_synced(staging / MANIFEST_FILE, manifest_json.encode())
+        if target.exists():  # --overwrite: move the old version aside, then swap
+            retired = Path(tempfile.mkdtemp(prefix=f".{version}.retired-", dir=model_dir))
+            os.replace(target, retired / "old")
+            os.replace(staging, target)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
