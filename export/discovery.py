@@ -97,18 +97,19 @@ def find_gates(proto: onnx.ModelProto) -> list[Gate]:
     constants = {i.name for i in graph.initializer} | {
         o for n in graph.node if n.op_type == "Constant" for o in n.output
     }
-    scopes = [node_scope(n) for n in graph.node]
-    busy_scopes = {s for s, n in zip(scopes, graph.node, strict=True) if n.op_type not in GATE_OPS}
     gates = []
-    for node, scope in zip(graph.node, scopes, strict=True):
+    for node in graph.node:
         if node.op_type not in GATE_OPS:
             continue
-        feature = _multiplied_feature(node.output[0], consumers, constants)
-        if feature is None or feature == node.input[0]:  # no product, or x * sigmoid(x): an activation
+        scope = node_scope(node)
+        product = _gating_product(node.output[0], consumers, constants)
+        if product is None:
             continue
-        # a leaf module that holds nothing but the activation (nn.Sigmoid in a Sequential) is not the source
-        source = scope if scope in busy_scopes else scope.rpartition(".")[0]
-        gates.append(Gate(node.output[0], feature, scope, source))
+        mul, feature = product
+        if feature == node.input[0]:  # x * sigmoid(x): an activation (SiLU, Swish), not a gate
+            continue
+        # named after the module that applies the gate: the SE block, not the nn.Sigmoid inside it
+        gates.append(Gate(node.output[0], feature, scope, node_scope(mul)))
     return gates
 
 
@@ -136,17 +137,22 @@ def classify(gate: tuple[int, ...], feature: tuple[int, ...]) -> str:
     if len(feature) != 4 or not gate or gate[0] != feature[0]:
         return ""
     _, c, h, w = feature
-    dims = [d for d in gate[1:] if d != 1]
-    layouts = {  # checked in this order: with C == H·W a flat gate is far more often a channel gate
-        "full": ([c, h, w], [c, h * w]),
-        "channel": ([c],),
-        "spatial": ([h, w], [h * w]),
-        "axis_h": ([c, h],),
-        "axis_w": ([c, w],),
-    }
-    for kind, patterns in layouts.items():
-        if any(dims == [d for d in p if d != 1] for p in patterns):
-            return kind
+    if len(gate) == 4:  # where its 1s are says which axes it spans, even when H == W or C == H·W
+        spans = {
+            (c, h, w): "full",
+            (c, 1, 1): "channel",
+            (1, h, w): "spatial",
+            (c, h, 1): "axis_h",
+            (c, 1, w): "axis_w",
+        }
+        return spans.get(tuple(gate[1:]), "")
+    dims = [d for d in gate[1:] if d != 1]  # flattened gates: N×C, N×1×C, N×H·W, N×C×H·W
+    if dims == [c]:  # with C == H·W a flat gate is far more often a channel gate
+        return "channel"
+    if dims in ([h * w], [h, w]):
+        return "spatial"
+    if dims in ([c, h * w], [c, h, w]):
+        return "full"
     return ""
 
 
@@ -168,6 +174,7 @@ def promote(proto: onnx.ModelProto, maps: list[PromotedMap]) -> onnx.ModelProto:
             canonical[gate.tensor] = name
         return canonical[gate.tensor]
 
+    batch = graph.input[0].type.tensor_type.shape.dim[0].dim_param or "batch"
     axis = numpy_helper.from_array(np.array([1], np.int64), "attnserve/channel_axis")
     if any(m.derived for m in maps):
         graph.initializer.append(axis)
@@ -182,7 +189,7 @@ def promote(proto: onnx.ModelProto, maps: list[PromotedMap]) -> onnx.ModelProto:
             )
         else:
             graph.node.append(helper.make_node("Identity", [canonical_of(m.gates[0])], [m.name]))
-        graph.output.append(helper.make_tensor_value_info(m.name, TensorProto.FLOAT, None))
+        graph.output.append(helper.make_tensor_value_info(m.name, TensorProto.FLOAT, [batch, *m.shape[1:]]))
     return out
 
 
@@ -232,7 +239,8 @@ def _maps_for(gates: list[Gate]) -> list[PromotedMap]:
     return maps
 
 
-def _multiplied_feature(tensor: str, consumers, constants: set[str], depth: int = 0) -> str | None:
+def _gating_product(tensor: str, consumers, constants: set[str], depth: int = 0):
+    """(the Mul node, the feature it multiplies) where ``tensor`` ends up gating a feature, else None."""
     if depth > 8:
         return None
     for node in consumers.get(tensor, []):
@@ -240,9 +248,9 @@ def _multiplied_feature(tensor: str, consumers, constants: set[str], depth: int 
         reshaped = node.op_type in PASS_THROUGH and node.input[0] == tensor
         offset = node.op_type == "Add" and others and all(o in constants for o in others)
         if reshaped or offset:
-            found = _multiplied_feature(node.output[0], consumers, constants, depth + 1)
+            found = _gating_product(node.output[0], consumers, constants, depth + 1)
         elif node.op_type == "Mul" and len(others) == 1 and others[0] not in constants:
-            found = others[0]
+            found = (node, others[0])
         else:
             found = None
         if found is not None:

@@ -9,6 +9,7 @@ two batch sizes other than the example's.
 import contextlib
 import io
 import logging
+import re
 import warnings
 
 import numpy as np
@@ -39,7 +40,7 @@ def export_onnx(
         except ExportError:
             raise
         except Exception as exc:  # any failure of one exporter means: try the other
-            failures.append(f"{name}: {type(exc).__name__}: {first_line(exc)}")
+            failures.append(f"{name}: {reason(exc)}")
     raise ExportError(
         "the model could not be exported to ONNX. "
         + " ".join(f"[{f}]" for f in failures)
@@ -50,8 +51,15 @@ def export_onnx(
 
 
 def first_line(exc: BaseException, limit: int = 400) -> str:
-    text = str(exc).strip()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch.onnx colours its messages
     return (text.splitlines()[0] if text else "")[:limit]
+
+
+def reason(exc: BaseException) -> str:
+    """The innermost cause: torch.export wraps the real problem in a generic "step n/3" error."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def _torch_export(adapter: ExportAdapter, sample: torch.Tensor, opset: int) -> onnx.ModelProto:
@@ -110,7 +118,11 @@ def _quiet():
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             yield
     finally:

@@ -86,9 +86,11 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = print) -> tupl
     mean, std = _normalization(req, source)
 
     declared = _declared_maps(req, source)
+    # eval() on the adapter too: the TorchScript exporter restores the top module's training flag
+    # afterwards, which would otherwise switch every BatchNorm to batch statistics
     adapter = ExportAdapter(
         source.module, task, [s.name for s in declared], *((mean, std) if source.declared is None else ())
-    )
+    ).eval()
     sample = samples.scene_images(task, 2, size, resize, samples.VERIFY_SEED)
     labels = _labels(req, source, adapter, sample)
 

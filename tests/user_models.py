@@ -1,0 +1,301 @@
+"""Attention models as users write them, in the styles of the papers' public reference code (not ours):
+the exporter has to find their gates without any help. Each ``build_*`` is a --factory target.
+
+Small on purpose (32×32 inputs, a few channels): the tests export each one.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.zoo import demo_checkpoint, load_checkpoint
+
+
+# --- SE, torchvision/timm style: 1×1 convs and nn.Sigmoid inside nn.Sequential ------------------------
+class SEModule(nn.Module):
+    def __init__(self, channels, reduction=4):
+        super().__init__()
+        self.fc = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, channels // reduction, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels // reduction, channels, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x):
+        return x * self.fc(x)
+
+
+# --- CBAM, reference-code style: F.sigmoid, unsqueeze/expand_as, pooling with the map's own size -----
+class Flatten(nn.Module):
+    def forward(self, x):
+        return x.view(x.size(0), -1)
+
+
+class ChannelGate(nn.Module):
+    def __init__(self, gate_channels, reduction_ratio=4):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            Flatten(),
+            nn.Linear(gate_channels, gate_channels // reduction_ratio),
+            nn.ReLU(),
+            nn.Linear(gate_channels // reduction_ratio, gate_channels),
+        )
+
+    def forward(self, x):
+        avg_pool = F.avg_pool2d(x, (x.size(2), x.size(3)), stride=(x.size(2), x.size(3)))
+        max_pool = F.max_pool2d(x, (x.size(2), x.size(3)), stride=(x.size(2), x.size(3)))
+        channel_att_sum = self.mlp(avg_pool) + self.mlp(max_pool)
+        scale = F.sigmoid(channel_att_sum).unsqueeze(2).unsqueeze(3).expand_as(x)
+        return x * scale
+
+
+class ChannelPool(nn.Module):
+    def forward(self, x):
+        return torch.cat((torch.max(x, 1)[0].unsqueeze(1), torch.mean(x, 1).unsqueeze(1)), dim=1)
+
+
+class SpatialGate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.compress = ChannelPool()
+        self.spatial = nn.Sequential(nn.Conv2d(2, 1, 7, padding=3, bias=False), nn.BatchNorm2d(1))
+
+    def forward(self, x):
+        scale = F.sigmoid(self.spatial(self.compress(x)))
+        return x * scale
+
+
+class CBAM(nn.Module):
+    def __init__(self, gate_channels):
+        super().__init__()
+        self.ChannelGate = ChannelGate(gate_channels)
+        self.SpatialGate = SpatialGate()
+
+    def forward(self, x):
+        return self.SpatialGate(self.ChannelGate(x))
+
+
+# --- ECA, official style: conv1d across channels, squeeze/transpose, nn.Sigmoid, expand_as -------------
+class ECALayer(nn.Module):
+    def __init__(self, channel, k_size=3):
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.conv = nn.Conv1d(1, 1, kernel_size=k_size, padding=(k_size - 1) // 2, bias=False)
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, x):
+        y = self.avg_pool(x)
+        y = self.conv(y.squeeze(-1).transpose(-1, -2)).transpose(-1, -2).unsqueeze(-1)
+        y = self.sigmoid(y)
+        return x * y.expand_as(x)
+
+
+# --- BAM, reference style: 1 + sigmoid(channel * spatial), a full N×C×H×W gate -----------------------
+class BAMChannel(nn.Module):
+    def __init__(self, channels, reduction=4):
+        super().__init__()
+        self.gate_c = nn.Sequential(
+            nn.Linear(channels, channels // reduction), nn.ReLU(), nn.Linear(channels // reduction, channels)
+        )
+
+    def forward(self, x):
+        pooled = x.mean((2, 3))
+        return self.gate_c(pooled).unsqueeze(2).unsqueeze(3).expand_as(x)
+
+
+class BAMSpatial(nn.Module):
+    def __init__(self, channels, reduction=4, dilation=2):
+        super().__init__()
+        mid = channels // reduction
+        self.gate_s = nn.Sequential(
+            nn.Conv2d(channels, mid, 1),
+            nn.ReLU(),
+            nn.Conv2d(mid, mid, 3, padding=dilation, dilation=dilation),
+            nn.ReLU(),
+            nn.Conv2d(mid, 1, 1),
+        )
+
+    def forward(self, x):
+        return self.gate_s(x).expand_as(x)
+
+
+class BAM(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.channel_att = BAMChannel(channels)
+        self.spatial_att = BAMSpatial(channels)
+
+    def forward(self, in_tensor):
+        att = 1 + F.sigmoid(self.channel_att(in_tensor) * self.spatial_att(in_tensor))
+        return att * in_tensor
+
+
+# --- Coordinate attention, official style: AdaptiveAvgPool2d((None, 1)), h_swish, .sigmoid() --------
+class h_sigmoid(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.relu = nn.ReLU6(inplace=True)
+
+    def forward(self, x):
+        return self.relu(x + 3) / 6
+
+
+class h_swish(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.sigmoid = h_sigmoid()
+
+    def forward(self, x):
+        return x * self.sigmoid(x)
+
+
+class CoordAtt(nn.Module):
+    def __init__(self, inp, oup, reduction=8):
+        super().__init__()
+        self.pool_h = nn.AdaptiveAvgPool2d((None, 1))
+        self.pool_w = nn.AdaptiveAvgPool2d((1, None))
+        mip = max(8, inp // reduction)
+        self.conv1 = nn.Conv2d(inp, mip, kernel_size=1)
+        self.bn1 = nn.BatchNorm2d(mip)
+        self.act = h_swish()
+        self.conv_h = nn.Conv2d(mip, oup, kernel_size=1)
+        self.conv_w = nn.Conv2d(mip, oup, kernel_size=1)
+
+    def forward(self, x):
+        identity = x
+        n, c, h, w = x.size()
+        x_h = self.pool_h(x)
+        x_w = self.pool_w(x).permute(0, 1, 3, 2)
+        y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
+        x_h, x_w = torch.split(y, [h, w], dim=2)
+        x_w = x_w.permute(0, 1, 3, 2)
+        a_h = self.conv_h(x_h).sigmoid()
+        a_w = self.conv_w(x_w).sigmoid()
+        return identity * a_w * a_h
+
+
+# --- a small ResNet-like host for any of them, with SiLU activations (x * sigmoid(x): not a gate) ------
+class Block(nn.Module):
+    def __init__(self, cin, cout, attention):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = nn.SiLU()
+        self.attention = attention(cout)
+
+    def forward(self, x):
+        return self.attention(self.act(self.bn(self.conv(x))))
+
+
+class Net(nn.Module):
+    def __init__(self, attention, num_classes=5, widths=(8, 16)):
+        super().__init__()
+        self.layer1 = Block(3, widths[0], attention)
+        self.layer2 = Block(widths[0], widths[1], attention)
+        self.fc = nn.Linear(widths[1], num_classes)
+
+    def forward(self, x):
+        return self.fc(self.layer2(self.layer1(x)).mean((2, 3)))
+
+
+def _seeded(model: nn.Module, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    for p in model.parameters():  # larger than default init, so gates are far from flat
+        nn.init.normal_(p, std=0.5)
+    return model.eval()
+
+
+ATTENTIONS = {
+    "se": SEModule,
+    "cbam": CBAM,
+    "eca": ECALayer,
+    "bam": BAM,
+    "coord": lambda c: CoordAtt(c, c),
+}
+
+
+def build(attention: str = "se", num_classes: int = 5) -> nn.Module:
+    return _seeded(Net(ATTENTIONS[attention], num_classes), 0)
+
+
+# --- our own CBAM classifier as a user would hold it: logits only, no declared maps -----------------
+class LogitsOnly(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)["logits"]
+
+
+def build_plain_cbam_classifier() -> nn.Module:
+    model, _ = load_checkpoint(demo_checkpoint("cbam_classifier"))
+    return LogitsOnly(model).eval()
+
+
+# --- a user detector: decoded top-K as a (boxes, scores, labels) tuple -------------------------------
+class TinyDetector(nn.Module):
+    def __init__(self, num_classes=3, k=10):
+        super().__init__()
+        self.k = k
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.se = SEModule(8)
+        self.heat = nn.Conv2d(8, num_classes, 1)
+        self.size = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        f = self.se(self.body(x))
+        heat = self.heat(f).sigmoid()
+        n, c, h, w = heat.shape
+        scores, idx = heat.flatten(1).topk(self.k, dim=1)
+        labels = idx // (h * w)
+        cell = idx % (h * w)
+        cx, cy = (cell % w).float() * 2 + 1, (cell // w).float() * 2 + 1
+        wh = torch.gather(self.size(f).exp().flatten(2), 2, cell.unsqueeze(1).expand(n, 2, self.k))
+        boxes = torch.stack([cx - wh[:, 0], cy - wh[:, 1], cx + wh[:, 0], cy + wh[:, 1]], dim=2)
+        return boxes, scores, labels
+
+
+def build_detector() -> nn.Module:
+    return _seeded(TinyDetector(), 1)
+
+
+# --- models that defeat exporters --------------------------------------------------------------------
+class DataDependentBranch(nn.Module):
+    """A Python branch on a tensor's value: torch.export refuses it, TorchScript traces one branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = build("se")
+
+    def forward(self, x):
+        if x.mean() > -1.0:  # always true for images in [0, 1]
+            x = x * 1.0
+        return self.net(x)
+
+
+def build_data_dependent() -> nn.Module:
+    return DataDependentBranch().eval()
+
+
+class Unexportable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.fc(torch.special.bessel_j0(x).mean((2, 3)))
+
+
+def build_unexportable() -> nn.Module:
+    return Unexportable().eval()
+
+
+def build_not_a_module():
+    return {"weights": torch.zeros(3)}
+
+
+def build_broken():
+    raise RuntimeError("CUDA out of memory (pretend)")
