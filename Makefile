@@ -15,9 +15,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[export,dev]'
 	touch $@
 
-# Until the export stage and the server exist, `run` measures the shipped demo models.
+MODEL_REPOSITORY ?= model_repository
+
+# Export the demo models into the repository (those already there are left alone).
+# The gRPC server that serves the repository comes with the service.
 run: install
-	$(PY) -m models.evaluate --count 300
+	$(VENV)/bin/attnserve export --demo --skip-existing --repository $(MODEL_REPOSITORY)
 
 test: lint
 	$(PY) -m pytest

@@ -16,6 +16,7 @@ from attnserve.manifest import PRECISIONS, TASKS
 from export.errors import ExportError
 from export.exporters import EXPORTERS, MIN_OPSET
 from export.pipeline import ATTENTION_MODES, ExportRequest, demo_requests, export_model
+from export.repository import versions
 from models.zoo import DEMO_MODELS
 
 
@@ -42,6 +43,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     where.add_argument("--name", help="model name in the repository (default: the --arch name)")
     where.add_argument("--version", type=int, help="version number (default: the next free one)")
     where.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    where.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave a model alone if it has any version (provisioning)",
+    )
     how = p.add_argument_group("how")
     how.add_argument("--precision", choices=PRECISIONS, default="fp32")
     how.add_argument("--calibration", type=Path, metavar="DIR", help="images for int8 calibration")
@@ -107,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         for request in requests_from(args):
+            name = request.name or request.arch
+            if args.skip_existing and versions(request.repository, name):
+                log(f"{name}: already in {request.repository}; skipped")
+                continue
             path, manifest = export_model(request, log)
             print(summary(path, manifest))
     except ExportError as exc:

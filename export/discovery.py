@@ -108,6 +108,8 @@ def find_gates(proto: onnx.ModelProto) -> list[Gate]:
         mul, feature = product
         if feature == node.input[0]:  # x * sigmoid(x): an activation (SiLU, Swish), not a gate
             continue
+        if feature in _descendants(node.output[0], consumers):  # heat * (maxpool(heat) == heat): a mask
+            continue
         # named after the module that applies the gate: the SE block, not the nn.Sigmoid inside it
         gates.append(Gate(node.output[0], feature, scope, node_scope(mul)))
     return gates
@@ -256,6 +258,17 @@ def _gating_product(tensor: str, consumers, constants: set[str], depth: int = 0)
         if found is not None:
             return found
     return None
+
+
+def _descendants(tensor: str, consumers) -> set[str]:
+    seen, stack = set(), [tensor]
+    while stack:
+        for node in consumers.get(stack.pop(), []):
+            for out in node.output:
+                if out not in seen:
+                    seen.add(out)
+                    stack.append(out)
+    return seen
 
 
 def _probe(proto: onnx.ModelProto, sample: np.ndarray, tensors: list[str]) -> dict[str, np.ndarray]:

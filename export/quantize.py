@@ -15,6 +15,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
+from onnxruntime.transformers.onnx_model import OnnxModel
 from tqdm import tqdm
 
 from export.adapter import INPUT_NAME
@@ -23,7 +24,9 @@ CALIBRATION_BATCH = 8
 
 
 def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
-    return convert_float_to_float16(proto, keep_io_types=True)
+    converted = OnnxModel(convert_float_to_float16(proto, keep_io_types=True))
+    converted.topological_sort()  # the converter appends its input casts at the end of the graph
+    return converted.model
 
 
 def to_int8(proto: onnx.ModelProto, calibration: np.ndarray, progress: bool = True) -> onnx.ModelProto:

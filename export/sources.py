@@ -6,6 +6,7 @@ Checkpoints load with ``weights_only=True``: tensors and plain containers only, 
 import importlib
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,7 +119,9 @@ def read_checkpoint(path: Path) -> dict:
     if not Path(path).is_file():
         raise ExportError(f"checkpoint {str(path)!r} does not exist; pass the path of a saved state dict.")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol notes; our own error says what is wrong
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ExportError(
             f"checkpoint {str(path)!r} could not be read as weights ({type(exc).__name__}: "

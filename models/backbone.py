@@ -84,7 +84,9 @@ class ResNetBackbone(nn.Module):
                 block = ResidualBlock(in_ch, width, s if i == 0 else 1, bottleneck, block_attn)
                 prefix = f"stage{stage}_block{i}"
                 if block.attn is not None:
-                    self.map_specs += attention_specs(prefix, block.attn, stride, f"blocks.{len(self.blocks)}.attn")
+                    self.map_specs += attention_specs(
+                        prefix, block.attn, stride, f"blocks.{len(self.blocks)}.attn"
+                    )
                 self.blocks.append(block)
                 self.block_map_prefixes.append(prefix)
                 in_ch = width

@@ -248,8 +248,9 @@ class TinyDetector(nn.Module):
     def forward(self, x):
         f = self.se(self.body(x))
         heat = self.heat(f).sigmoid()
+        peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat).float()  # a mask of the gate itself: no gate
         n, c, h, w = heat.shape
-        scores, idx = heat.flatten(1).topk(self.k, dim=1)
+        scores, idx = peaks.flatten(1).topk(self.k, dim=1)
         labels = idx // (h * w)
         cell = idx % (h * w)
         cx, cy = (cell % w).float() * 2 + 1, (cell // w).float() * 2 + 1

@@ -1,0 +1,151 @@
+"""Attention gates found in graphs of models we did not write (tests/user_models.py), checked against
+values computed independently: forward hooks on the submodules and each paper's formula."""
+
+from collections import defaultdict
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import user_models
+
+from attnserve.manifest import MODEL_FILE, Manifest
+from export.discovery import classify
+from export.pipeline import ExportRequest, export_model
+from models.evaluate import to_tensor
+from models.scenes import generate
+from models.zoo import demo_checkpoint, load_checkpoint
+
+STYLES = ["se", "cbam", "eca", "bam", "coord"]
+
+
+def reference_maps(style: str, model, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """Each map from its paper's formula, using the submodules' outputs caught by forward hooks."""
+    caught = defaultdict(list)
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out, name=name: caught[name].append(out))
+        for name, m in model.named_modules()
+        if name
+    ]
+    with torch.no_grad():
+        model(images)
+    for h in hooks:
+        h.remove()
+    maps = {}
+    for layer in ("layer1", "layer2"):
+        a = f"{layer}.attention"
+        if style == "se":  # the Sequential ends in its nn.Sigmoid
+            maps[f"{a}.channel"] = caught[f"{a}.fc"][0].flatten(1)
+        elif style == "eca":
+            maps[f"{a}.channel"] = caught[f"{a}.sigmoid"][0].flatten(1)
+        elif style == "cbam":  # Mc = σ(MLP(avg) + MLP(max)); Ms = σ(BN(conv([max; mean])))
+            avg, mx = caught[f"{a}.ChannelGate.mlp"]
+            maps[f"{a}.ChannelGate.channel"] = torch.sigmoid(avg + mx)
+            maps[f"{a}.SpatialGate.spatial"] = torch.sigmoid(caught[f"{a}.SpatialGate.spatial"][0])
+        elif style == "bam":  # the gate is σ(Mc · Ms); its channel mean is the spatial map
+            full = torch.sigmoid(caught[f"{a}.channel_att"][0] * caught[f"{a}.spatial_att"][0])
+            maps[f"{a}.full"], maps[f"{a}.spatial"] = full, full.mean(1, keepdim=True)
+        elif style == "coord":
+            a_h, a_w = torch.sigmoid(caught[f"{a}.conv_h"][0]), torch.sigmoid(caught[f"{a}.conv_w"][0])
+            maps[f"{a}.axis_h"], maps[f"{a}.axis_w"] = a_h, a_w
+            maps[f"{a}.spatial"] = (a_h * a_w).mean(1, keepdim=True)
+    return {k: v.numpy() for k, v in maps.items()}
+
+
+def export(request: ExportRequest) -> Manifest:
+    return export_model(request, log=lambda line: None)[1]
+
+
+def export_user_model(repo, style: str, exporter: str = "auto") -> Manifest:
+    request = ExportRequest(
+        repo, name=style, factory="user_models:build", factory_kwargs=f'{{"attention": "{style}"}}',
+        task="classification", input_size=(32, 32), exporter=exporter,
+    )  # fmt: skip
+    return export(request)
+
+
+def run(repo, name: str, images: torch.Tensor) -> dict[str, np.ndarray]:
+    sess = ort.InferenceSession(str(repo / name / "1" / MODEL_FILE), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, {"images": images.numpy()}), strict=True))
+
+
+def scenes(count: int, size: int, seed: int = 31) -> torch.Tensor:
+    return to_tensor(np.stack([s.image for s in generate("classification", seed, count, size)]))
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_gates_are_found_named_and_equal_to_the_papers_formula(tmp_path, style):
+    manifest = export_user_model(tmp_path, style)
+    model = user_models.build(style)
+    images = scenes(6, 32)
+    expected = reference_maps(style, model, images)
+    assert {a.name for a in manifest.attention} == set(expected), "exactly the gates; SiLU is no gate"
+    got = run(tmp_path, style, images)
+    for a in manifest.attention:
+        assert a.origin == "discovered" and a.name.startswith(a.source)
+        assert list(got[a.name].shape[1:]) == a.shape[1:]
+        np.testing.assert_allclose(
+            got[a.name], expected[a.name].reshape(got[a.name].shape), atol=1e-5, rtol=0
+        )
+    with torch.no_grad():
+        np.testing.assert_allclose(got["logits"], model(images).numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("style", ["se", "eca", "bam"])
+def test_torchscript_exporter_finds_the_same_gates(tmp_path, style):
+    """The two exporters name scopes differently; the maps must come out the same."""
+    manifest = export_user_model(tmp_path, style, exporter="torchscript")
+    assert manifest.exporter == "torchscript"
+    expected = reference_maps(style, user_models.build(style), scenes(2, 32))
+    assert {a.name for a in manifest.attention} == set(expected)
+
+
+def test_discovered_maps_equal_the_maps_our_model_declares(tmp_path):
+    """Our CBAM classifier held as a plain logits model: discovery must recover its declared maps."""
+    request = ExportRequest(
+        tmp_path, name="plain", factory="user_models:build_plain_cbam_classifier",
+        task="classification", input_size=(96, 96), labels=None,
+    )  # fmt: skip
+    manifest = export(request)
+    images = scenes(4, 96, seed=77)
+    got = run(tmp_path, "plain", images)
+    model, _ = load_checkpoint(demo_checkpoint("cbam_classifier"))
+    with torch.no_grad():
+        declared = model(images)
+    for block in range(4):
+        scope = f"model.backbone.blocks.{block}.attn"
+        np.testing.assert_allclose(
+            got[f"{scope}.channel"], declared[f"stage{block + 1}_block0_channel"], atol=1e-5
+        )
+        np.testing.assert_allclose(
+            got[f"{scope}.spatial.spatial"], declared[f"stage{block + 1}_block0_spatial"], atol=1e-5
+        )
+    assert len(manifest.attention) == 8
+
+
+def test_user_detector_exports_with_its_gate_and_not_its_peak_mask(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\n")
+    request = ExportRequest(
+        tmp_path, name="det", factory="user_models:build_detector", task="detection", input_size=(32, 48),
+        labels=labels,
+    )  # fmt: skip
+    manifest = export(request)
+    assert manifest.input.resize == "letterbox" and manifest.labels == ["a", "b", "c"]
+    assert [(a.name, a.kind) for a in manifest.attention] == [("se.channel", "channel")]
+    assert manifest.verification["parity_fp32_vs_pytorch"]["detections"]["unmatched"] == 0
+    got = run(tmp_path, "det", torch.rand(2, 3, 32, 48))
+    assert got["boxes"].shape == (2, 10, 4) and got["classes"].dtype == np.int64
+
+
+def test_classify_reads_which_axes_a_gate_spans():
+    assert classify((2, 8, 16, 1), (2, 8, 16, 16)) == "axis_h"
+    assert classify((2, 8, 1, 16), (2, 8, 16, 16)) == "axis_w"
+    assert classify((2, 64), (2, 64, 8, 8)) == "channel"  # C == H·W: flat gates are channel gates
+    assert classify((2, 1, 64), (2, 64, 8, 8)) == "channel"  # ECA's N×1×C
+    assert classify((2, 1, 8, 8), (2, 64, 8, 8)) == "spatial"
+    assert classify((2, 49), (2, 16, 7, 7)) == "spatial"  # a softmax over positions
+    assert classify((2, 64, 8, 8), (2, 64, 8, 8)) == "full"
+    assert classify((2, 3, 5), (2, 64, 8, 8)) == ""
+    assert classify((2, 64), (2, 64)) == ""  # no feature map
