@@ -1,11 +1,12 @@
 """Find the attention gates in an exported ONNX graph and promote them to named outputs.
 
-A gate is a Sigmoid / HardSigmoid / Softmax whose result, possibly through reshapes, transposes, expands
-or an added constant (``1 + sigmoid(...)``), multiplies a feature tensor. Its shape against that feature
-says what it is: N×1×H×W spatial, N×C(×1×1) channel, N×C×H×W full (its channel mean is also emitted as
-a spatial map), N×C×H×1 / N×C×1×W coordinate-attention axes (a pair in one module also gives the
-channel mean of their product as a spatial map). ``x * sigmoid(x)`` (SiLU/Swish) is an activation, not
-a gate. Each output is named after the module that computes it, e.g. ``layer3.1.cbam.spatial``.
+A gate is a Sigmoid / HardSigmoid / Softmax whose result, possibly through reshapes, transposes,
+expands, an added constant (``1 + sigmoid(...)``) or a constant scale, multiplies a feature tensor. Its
+shape against that feature says what it is: N×1×H×W spatial, N×C(×1×1) channel, N×C×H×W full (its
+channel mean is also emitted as a spatial map), N×C×H×1 / N×C×1×W coordinate-attention axes (a pair in
+one module also gives the channel mean of their product as a spatial map). ``x * sigmoid(x)`` (SiLU,
+Swish) is an activation and ``heat * (maxpool(heat) == heat)`` a peak mask: neither is a gate. Each
+output is named after the module that applies the gate, e.g. ``layer3.1.cbam.spatial``.
 
 Every promoted map is matched to the value PyTorch computed in the same module (export.capture);
 a gate without such a match is reported and left out, never emitted unverified.
@@ -248,8 +249,9 @@ def _gating_product(tensor: str, consumers, constants: set[str], depth: int = 0)
     for node in consumers.get(tensor, []):
         others = [i for i in node.input if i != tensor]
         reshaped = node.op_type in PASS_THROUGH and node.input[0] == tensor
-        offset = node.op_type == "Add" and others and all(o in constants for o in others)
-        if reshaped or offset:
+        # 1 + sigmoid(...), or a constant rescaling: still the same gate
+        affine = node.op_type in ("Add", "Mul", "Div") and others and all(o in constants for o in others)
+        if reshaped or affine:
             found = _gating_product(node.output[0], consumers, constants, depth + 1)
         elif node.op_type == "Mul" and len(others) == 1 and others[0] not in constants:
             found = (node, others[0])

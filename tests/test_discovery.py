@@ -16,7 +16,7 @@ from models.evaluate import to_tensor
 from models.scenes import generate
 from models.zoo import demo_checkpoint, load_checkpoint
 
-STYLES = ["se", "cbam", "eca", "bam", "coord"]
+STYLES = ["se", "cbam", "eca", "bam", "coord", "hard_se", "softmax_spatial"]
 
 
 def reference_maps(style: str, model, images: torch.Tensor) -> dict[str, np.ndarray]:
@@ -45,6 +45,11 @@ def reference_maps(style: str, model, images: torch.Tensor) -> dict[str, np.ndar
         elif style == "bam":  # the gate is σ(Mc · Ms); its channel mean is the spatial map
             full = torch.sigmoid(caught[f"{a}.channel_att"][0] * caught[f"{a}.spatial_att"][0])
             maps[f"{a}.full"], maps[f"{a}.spatial"] = full, full.mean(1, keepdim=True)
+        elif style == "hard_se":
+            maps[f"{a}.channel"] = caught[f"{a}.fc"][0]
+        elif style == "softmax_spatial":  # the gate is the softmax; the rescaling is a constant factor
+            scores = caught[f"{a}.score"][0]
+            maps[f"{a}.spatial"] = torch.softmax(scores.flatten(1), dim=1).view_as(scores)
         elif style == "coord":
             a_h, a_w = torch.sigmoid(caught[f"{a}.conv_h"][0]), torch.sigmoid(caught[f"{a}.conv_w"][0])
             maps[f"{a}.axis_h"], maps[f"{a}.axis_w"] = a_h, a_w

@@ -176,6 +176,37 @@ class CoordAtt(nn.Module):
         return identity * a_w * a_h
 
 
+# --- MobileNetV3-style SE: Linear layers, view, nn.Hardsigmoid -------------------------------------
+class HardSE(nn.Module):
+    def __init__(self, channels, reduction=4):
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(
+            nn.Linear(channels, channels // reduction),
+            nn.ReLU(inplace=True),
+            nn.Linear(channels // reduction, channels),
+            nn.Hardsigmoid(),
+        )
+
+    def forward(self, x):
+        b, c, _, _ = x.size()
+        y = self.avg_pool(x).view(b, c)
+        y = self.fc(y).view(b, c, 1, 1)
+        return x * y
+
+
+# --- spatial attention as a softmax over positions, rescaled so the mean weight is 1 ------------------
+class SoftmaxSpatial(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.score = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        weights = torch.softmax(self.score(x).flatten(1), dim=1)  # N×(H·W)
+        return x * (weights * (h * w)).view(n, 1, h, w)
+
+
 # --- a small ResNet-like host for any of them, with SiLU activations (x * sigmoid(x): not a gate) ------
 class Block(nn.Module):
     def __init__(self, cin, cout, attention):
@@ -213,6 +244,8 @@ ATTENTIONS = {
     "eca": ECALayer,
     "bam": BAM,
     "coord": lambda c: CoordAtt(c, c),
+    "hard_se": HardSE,
+    "softmax_spatial": SoftmaxSpatial,
 }
 
 
