@@ -33,7 +33,7 @@ def export_onnx(
     failures: list[str] = []
     for name in EXPORTERS if exporter == "auto" else (exporter,):
         try:
-            with _quiet():
+            with quiet():
                 proto = _EXPORT[name](adapter, sample, opset)
             _check_dynamic_batch(proto, sample)
             return proto, name, failures
@@ -111,9 +111,11 @@ def _check_dynamic_batch(proto: onnx.ModelProto, sample: torch.Tensor) -> None:
 
 
 @contextlib.contextmanager
-def _quiet():
-    """Both exporters print progress and warnings meant for torch developers; keep the report readable."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+def quiet():
+    """The exporters and the quantiser print progress and warnings meant for their developers; keep the
+    report readable (failures still surface as exceptions)."""
+    names = ("", "torch.onnx", "torch.export", "torch._dynamo", "onnxscript")  # "": the root logger
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

@@ -19,6 +19,7 @@ from onnxruntime.transformers.onnx_model import OnnxModel
 from tqdm import tqdm
 
 from export.adapter import INPUT_NAME
+from export.exporters import quiet
 
 CALIBRATION_BATCH = 8
 
@@ -30,22 +31,25 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def to_int8(proto: onnx.ModelProto, calibration: np.ndarray, progress: bool = True) -> onnx.ModelProto:
-    """Per-channel int8 weights, uint8 activations, min-max ranges observed on ``calibration``."""
+    """Per-channel int8 weights, uint8 activations, ranges at the 0.001st and 99.999th percentiles of
+    what ``calibration`` produces (on the demo models this agrees with fp32 more often than min-max)."""
     with tempfile.TemporaryDirectory(prefix="attnserve-int8-") as tmp:
         fp32, prepared, int8 = (Path(tmp) / n for n in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
         onnx.save(proto, fp32)
         # shape inference and graph fusions first, as onnxruntime.quantization recommends
-        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepared),
-            str(int8),
-            _Batches(calibration, progress),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
+        batches = _Batches(calibration, progress)  # its progress bar writes to the real stderr
+        with quiet():
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+            quantize_static(
+                str(prepared),
+                str(int8),
+                batches,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.Percentile,
+            )
         return onnx.load(int8)
 
 
