@@ -291,8 +291,12 @@ def _reduce_precision(req, source, proto, names, resize) -> tuple[onnx.ModelProt
     size, task = source.input_size, source.task
     if req.calibration:
         images = samples.folder_images(req.calibration, size, resize, req.calibration_count)
-        held_out = images[::5] if len(images) >= 10 else images
-        calibration, measured_on = images, f"{len(held_out)} of the --calibration images"
+        if len(images) >= 10:  # one in five held out from calibration to measure agreement
+            held_out, calibration = images[::5], np.delete(images, np.s_[::5], axis=0)
+            measured_on = f"{len(held_out)} --calibration images held out from calibration"
+        else:
+            held_out = calibration = images
+            measured_on = f"the {len(images)} --calibration images (too few to hold any out)"
     else:
         calibration = samples.scene_images(
             task, req.calibration_count, size, resize, samples.CALIBRATION_SEED

@@ -223,7 +223,8 @@ def test_int8_calibrates_on_a_folder_of_images_and_enforces_agreement(tmp_path, 
     int8 = [*args, "--precision", "int8", "--calibration", str(folder), "--repository", str(tmp_path / "r")]
     assert main([*int8, "--name", "q", "--min-agreement", "0", "--no-progress"]) == 0
     figures = Manifest.read(tmp_path / "r" / "q" / "1" / MANIFEST_FILE).verification["int8_vs_fp32"]
-    assert figures["calibration_images"] == 20 and figures["measured_on"] == "4 of the --calibration images"
+    assert figures["calibration_images"] == 16
+    assert figures["measured_on"] == "4 --calibration images held out from calibration"
     assert main([*int8, "--name", "strict", "--min-agreement", "1.01", "--no-progress"]) == 2
     assert "agrees with fp32 on only" in capsys.readouterr().err
     assert not (tmp_path / "r" / "strict").exists()
