@@ -98,12 +98,12 @@ def find_gates(proto: onnx.ModelProto) -> list[Gate]:
     constants = {i.name for i in graph.initializer} | {
         o for n in graph.node if n.op_type == "Constant" for o in n.output
     }
+    gate_ops = [n for n in graph.node if n.op_type in GATE_OPS]
+    gated = _gate_values([n.output[0] for n in gate_ops], consumers, constants)
     gates = []
-    for node in graph.node:
-        if node.op_type not in GATE_OPS:
-            continue
+    for node in gate_ops:
         scope = node_scope(node)
-        product = _gating_product(node.output[0], consumers, constants)
+        product = _gating_product(node.output[0], consumers, constants, gated)
         if product is None:
             continue
         mul, feature = product
@@ -242,17 +242,36 @@ def _maps_for(gates: list[Gate]) -> list[PromotedMap]:
     return maps
 
 
-def _gating_product(tensor: str, consumers, constants: set[str], depth: int = 0):
-    """(the Mul node, the feature it multiplies) where ``tensor`` ends up gating a feature, else None."""
+def _same_gate(node: onnx.NodeProto, tensor: str, constants: set[str]) -> bool:
+    """Whether ``node`` only reshapes, offsets (1 + sigmoid) or rescales ``tensor``."""
+    others = [i for i in node.input if i != tensor]
+    if node.op_type in PASS_THROUGH:
+        return node.input[0] == tensor
+    return node.op_type in ("Add", "Mul", "Div") and bool(others) and all(o in constants for o in others)
+
+
+def _gate_values(outputs: list[str], consumers, constants: set[str]) -> set[str]:
+    """Every tensor that is a gate op's output, reshaped, offset or rescaled."""
+    seen, stack = set(outputs), list(outputs)
+    while stack:
+        tensor = stack.pop()
+        for node in consumers.get(tensor, []):
+            if _same_gate(node, tensor, constants) and node.output[0] not in seen:
+                seen.add(node.output[0])
+                stack.append(node.output[0])
+    return seen
+
+
+def _gating_product(tensor: str, consumers, constants: set[str], gated: set[str], depth: int = 0):
+    """(the Mul node, the feature it multiplies) where ``tensor`` ends up gating a feature, else None.
+    A product of two gates (``x * (a_h * a_w)``) is followed to the feature it multiplies."""
     if depth > 8:
         return None
     for node in consumers.get(tensor, []):
         others = [i for i in node.input if i != tensor]
-        reshaped = node.op_type in PASS_THROUGH and node.input[0] == tensor
-        # 1 + sigmoid(...), or a constant rescaling: still the same gate
-        affine = node.op_type in ("Add", "Mul", "Div") and others and all(o in constants for o in others)
-        if reshaped or affine:
-            found = _gating_product(node.output[0], consumers, constants, depth + 1)
+        gate_product = node.op_type == "Mul" and len(others) == 1 and others[0] in gated
+        if _same_gate(node, tensor, constants) or gate_product:
+            found = _gating_product(node.output[0], consumers, constants, gated, depth + 1)
         elif node.op_type == "Mul" and len(others) == 1 and others[0] not in constants:
             found = (node, others[0])
         else:

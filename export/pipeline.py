@@ -30,7 +30,7 @@ from export.capture import GateRecorder
 from export.discovery import PromotedMap, cpu_session, discover, promote
 from export.errors import ExportError
 from export.exporters import MIN_OPSET, export_onnx
-from export.sources import SourceModel, from_arch, from_factory
+from export.sources import SourceModel, checkpoint_record, from_arch, from_factory
 from export.verify import (
     agreement,
     agreement_value,
@@ -209,7 +209,7 @@ def _source(req: ExportRequest) -> SourceModel:
         description={
             "factory": req.factory,
             "factory_kwargs": req.factory_kwargs,
-            "checkpoint": str(req.checkpoint) if req.checkpoint else None,
+            **checkpoint_record(req.checkpoint),
             "weights": "checkpoint" if req.checkpoint else "as built by the factory",
         },
     )

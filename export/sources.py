@@ -3,6 +3,7 @@
 Checkpoints load with ``weights_only=True``: tensors and plain containers only, never pickled code.
 """
 
+import hashlib
 import importlib
 import json
 import sys
@@ -64,7 +65,7 @@ def from_arch(name: str, checkpoint: Path | None) -> SourceModel:
         description={
             "arch": name,
             "config": config,
-            "checkpoint": str(path) if path else None,
+            **checkpoint_record(path, shown=f"models/weights/{shipped.name}" if path == shipped else None),
             "weights": weights,
         },
     )
@@ -113,6 +114,17 @@ def from_factory(spec: str, kwargs_json: str | None, checkpoint: Path | None) ->
     if checkpoint is not None:
         load_weights(model, read_checkpoint(checkpoint), checkpoint)
     return model.eval()
+
+
+def checkpoint_record(path: Path | None, shown: str | None = None) -> dict:
+    """The manifest's note of a checkpoint: its path as given (``shown`` instead, for shipped weights,
+    so manifests do not carry this machine's paths) and its sha256."""
+    if path is None:
+        return {"checkpoint": None}
+    return {
+        "checkpoint": shown or str(path),
+        "checkpoint_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+    }
 
 
 def read_checkpoint(path: Path) -> dict:

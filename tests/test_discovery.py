@@ -16,7 +16,7 @@ from models.evaluate import to_tensor
 from models.scenes import generate
 from models.zoo import demo_checkpoint, load_checkpoint
 
-STYLES = ["se", "cbam", "eca", "bam", "coord", "hard_se", "softmax_spatial"]
+STYLES = ["se", "cbam", "eca", "bam", "coord", "coord_joint", "hard_se", "softmax_spatial"]
 
 
 def reference_maps(style: str, model, images: torch.Tensor) -> dict[str, np.ndarray]:
@@ -50,7 +50,7 @@ def reference_maps(style: str, model, images: torch.Tensor) -> dict[str, np.ndar
         elif style == "softmax_spatial":  # the gate is the softmax; the rescaling is a constant factor
             scores = caught[f"{a}.score"][0]
             maps[f"{a}.spatial"] = torch.softmax(scores.flatten(1), dim=1).view_as(scores)
-        elif style == "coord":
+        elif style in ("coord", "coord_joint"):
             a_h, a_w = torch.sigmoid(caught[f"{a}.conv_h"][0]), torch.sigmoid(caught[f"{a}.conv_w"][0])
             maps[f"{a}.axis_h"], maps[f"{a}.axis_w"] = a_h, a_w
             maps[f"{a}.spatial"] = (a_h * a_w).mean(1, keepdim=True)

@@ -152,8 +152,9 @@ class h_swish(nn.Module):
 
 
 class CoordAtt(nn.Module):
-    def __init__(self, inp, oup, reduction=8):
+    def __init__(self, inp, oup, reduction=8, joint=False):
         super().__init__()
+        self.joint = joint  # x * (a_w * a_h): the two gates meet before the feature
         self.pool_h = nn.AdaptiveAvgPool2d((None, 1))
         self.pool_w = nn.AdaptiveAvgPool2d((1, None))
         mip = max(8, inp // reduction)
@@ -173,6 +174,8 @@ class CoordAtt(nn.Module):
         x_w = x_w.permute(0, 1, 3, 2)
         a_h = self.conv_h(x_h).sigmoid()
         a_w = self.conv_w(x_w).sigmoid()
+        if self.joint:
+            return identity * (a_w * a_h)
         return identity * a_w * a_h
 
 
@@ -244,6 +247,7 @@ ATTENTIONS = {
     "eca": ECALayer,
     "bam": BAM,
     "coord": lambda c: CoordAtt(c, c),
+    "coord_joint": lambda c: CoordAtt(c, c, joint=True),
     "hard_se": HardSE,
     "softmax_spatial": SoftmaxSpatial,
 }
