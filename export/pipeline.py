@@ -88,9 +88,8 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = print) -> tupl
     declared = _declared_maps(req, source)
     # eval() on the adapter too: the TorchScript exporter restores the top module's training flag
     # afterwards, which would otherwise switch every BatchNorm to batch statistics
-    adapter = ExportAdapter(
-        source.module, task, [s.name for s in declared], *((mean, std) if source.declared is None else ())
-    ).eval()
+    in_graph = () if source.in_model_normalization else (mean, std)  # ours normalise themselves
+    adapter = ExportAdapter(source.module, task, [s.name for s in declared], *in_graph).eval()
     sample = samples.scene_images(task, 2, size, resize, samples.VERIFY_SEED)
     labels = _labels(req, source, adapter, sample)
 
