@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format train evaluate clean
+.PHONY: install run test lint format train evaluate clean protos
 
 install: $(STAMP)
 
@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml
 
 MODEL_REPOSITORY ?= model_repository
 
-# Export the demo models into the repository (those already there are left alone).
-# The gRPC server that serves the repository comes with the service.
+# Export the demo models into the repository (those already there are left alone), then serve it:
+# gRPC on :50051, Prometheus metrics on :9090 (attnserve serve --help for every setting).
 run: install
 	$(VENV)/bin/attnserve export --demo --skip-existing --repository $(MODEL_REPOSITORY)
+	$(VENV)/bin/attnserve serve --repository $(MODEL_REPOSITORY)
 
 test: lint
 	$(PY) -m pytest
@@ -53,3 +54,7 @@ evaluate: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# Regenerate the gRPC code in attnserve/v1/ from protos/ (a test fails when it is stale).
+protos: install
+	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. protos/attnserve/v1/vision.proto

@@ -1,18 +1,25 @@
-"""The ``attnserve`` command. Each subcommand imports only what it needs: ``export`` needs torch,
-the server never does."""
+"""The ``attnserve`` command. Each subcommand imports only what it needs: ``export`` needs torch, the
+server and the client never do."""
 
-import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "serve": ("service.cli", "serve", "serve a model repository over gRPC"),
+    "predict": ("service.cli", "predict", "send images to a server; print predictions, write overlays"),
+    "export": ("export.cli", "main", "export a PyTorch model into a model repository"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="attnserve", description="Serve attention-based vision models.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    export_parser = commands.add_parser("export", help="export a PyTorch model into a model repository")
-    from export.cli import build_parser, run  # torch is imported only for this subcommand
-
-    build_parser(export_parser)
-    args = parser.parse_args(argv)
-    return run(args)
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        lines = [f"  {name:8} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+        print("usage: attnserve COMMAND [options]   (attnserve COMMAND --help)\n\n" + "\n".join(lines),
+              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)  # fmt: skip
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module, function, _ = COMMANDS[argv[0]]
+    return getattr(importlib.import_module(module), function)(argv[1:])
 
 
 if __name__ == "__main__":

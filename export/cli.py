@@ -20,8 +20,8 @@ from export.repository import versions
 from models.zoo import DEMO_MODELS
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="attnserve export", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attnserve export", description=__doc__.splitlines()[0])
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     what = p.add_argument_group("what to export (one of)")
     what.add_argument("--arch", help=f"one of our architectures: {', '.join(DEMO_MODELS)}")

@@ -1,0 +1,159 @@
+"""Dynamic batching: requests for one model that arrive within ``max_queue_delay`` run as one inference.
+
+The queue is bounded (RESOURCE_EXHAUSTED when full), a request whose deadline has passed is dropped
+before inference (DEADLINE_EXCEEDED), and inference runs on the model's own thread so the event loop
+keeps accepting requests. A batch fetches the union of the outputs its requests ask for.
+"""
+
+import asyncio
+import collections
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.runtime import OnnxModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchResult:
+    outputs: dict[str, np.ndarray]  # this request's rows
+    queue_seconds: float
+    inference_seconds: float
+
+
+@dataclass
+class _Job:
+    images: np.ndarray
+    outputs: list[str]
+    future: asyncio.Future
+    deadline: float | None  # time.monotonic()
+    enqueued: float
+
+
+class Batcher:
+    def __init__(
+        self,
+        model: OnnxModel,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_images: int,
+        metrics: Metrics,
+    ) -> None:
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_queue_delay_s
+        self.max_queue_images = max_queue_images
+        self.metrics = metrics
+        self.label = f"{model.manifest.name}/{model.manifest.version}"
+        self._metric_labels = (model.manifest.name, str(model.manifest.version))
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._queued_images = 0
+        self._arrived: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model.manifest.name}")
+
+    async def submit(self, images: np.ndarray, outputs: list[str], deadline: float | None) -> BatchResult:
+        if self._queued_images + len(images) > self.max_queue_images:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the queue for model {self.label} is full ({self._queued_images} images waiting, limit "
+                f"{self.max_queue_images}); retry with backoff or add replicas",
+            )
+        if self._worker is None:
+            self._arrived = asyncio.Event()
+            self._worker = asyncio.create_task(self._run(), name=f"batcher-{self.label}")
+        job = _Job(images, outputs, asyncio.get_running_loop().create_future(), deadline, time.monotonic())
+        self._queue.append(job)
+        self._set_depth(len(images))
+        self._arrived.set()
+        return await job.future
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        self._executor.shutdown(wait=False)
+
+    def _set_depth(self, change: int) -> None:
+        self._queued_images += change
+        self.metrics.queue_depth.labels(*self._metric_labels).set(self._queued_images)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            jobs = await self._collect()
+            jobs = [j for j in jobs if self._still_wanted(j)]
+            if jobs:
+                await self._infer(jobs)
+
+    async def _collect(self) -> list[_Job]:
+        """The first job, and whatever joins it within max_delay, up to max_batch_size images."""
+        first = self._queue.popleft()
+        jobs, size = [first], len(first.images)
+        close_at = first.enqueued + self.max_delay
+        while size < self.max_batch_size:
+            if self._queue:
+                if size + len(self._queue[0].images) > self.max_batch_size:
+                    break
+                job = self._queue.popleft()
+                jobs.append(job)
+                size += len(job.images)
+                continue
+            remaining = close_at - time.monotonic()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+        self._set_depth(-size)
+        return jobs
+
+    @staticmethod
+    def _still_wanted(job: _Job) -> bool:
+        if job.future.done():  # the caller went away
+            return False
+        if job.deadline is not None and time.monotonic() > job.deadline:
+            job.future.set_exception(
+                ServiceError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed while the request was queued"
+                )
+            )
+            return False
+        return True
+
+    async def _infer(self, jobs: list[_Job]) -> None:
+        images = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
+        outputs = list(dict.fromkeys(name for j in jobs for name in j.outputs))
+        started = time.monotonic()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.model.run, images, outputs
+            )
+        except Exception as exc:
+            log.exception("inference failed for %s (batch of %d)", self.label, len(images))
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(
+                        ServiceError(grpc.StatusCode.INTERNAL, f"inference failed: {exc}")
+                    )
+            return
+        elapsed = time.monotonic() - started
+        self.metrics.batch_size.labels(*self._metric_labels).observe(len(images))
+        row = 0
+        for job in jobs:
+            n = len(job.images)
+            if not job.future.done():
+                rows = {name: results[name][row : row + n] for name in job.outputs}
+                job.future.set_result(BatchResult(rows, started - job.enqueued, elapsed))
+            row += n

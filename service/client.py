@@ -1,0 +1,158 @@
+"""Python clients for the vision API, blocking and asyncio, and helpers to read the maps they return.
+
+with VisionClient("localhost:50051") as client:
+    reply = client.classify(["cat.jpg"], model="cbam_classifier", maps=["spatial"])
+    heat = map_array(reply.results[0].maps[0])
+"""
+
+import io
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import grpc
+import numpy as np
+from PIL import Image
+
+from attnserve.v1 import vision_pb2 as pb
+from attnserve.v1 import vision_pb2_grpc
+
+ImageLike = bytes | str | Path | np.ndarray | Image.Image
+ENCODINGS = {"float16": pb.MAP_ENCODING_FLOAT16, "png_heatmap": pb.MAP_ENCODING_PNG_HEATMAP,
+             "png_overlay": pb.MAP_ENCODING_PNG_OVERLAY}  # fmt: skip
+GEOMETRIES = {"model_grid": pb.MAP_GEOMETRY_MODEL_GRID, "original_image": pb.MAP_GEOMETRY_ORIGINAL_IMAGE}
+DEFAULT_MAX_MESSAGE_MB = 64
+
+
+def image_message(image: ImageLike) -> pb.Image:
+    """Encoded bytes or a file path are sent as they are; an H×W×3 uint8 array or a PIL image as raw RGB."""
+    if isinstance(image, bytes):
+        return pb.Image(encoded=image)
+    if isinstance(image, (str, Path)):
+        return pb.Image(encoded=Path(image).read_bytes())
+    pixels = np.ascontiguousarray(
+        np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    )
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"a raw image must be H×W×3 uint8, not {pixels.shape} {pixels.dtype}")
+    return pb.Image(raw=pb.RawImage(rgb=pixels.tobytes(), height=pixels.shape[0], width=pixels.shape[1]))
+
+
+def map_options(
+    select: Sequence[str] = (), encoding: str = "float16", geometry: str = "model_grid"
+) -> pb.MapOptions:
+    return pb.MapOptions(select=list(select), encoding=ENCODINGS[encoding], geometry=GEOMETRIES[geometry])
+
+
+def classify_request(
+    images, model, version=0, top_k=None, score_threshold=None, **maps
+) -> pb.ClassifyRequest:
+    request = pb.ClassifyRequest(model=model, version=version, images=[image_message(i) for i in images],
+                                 maps=map_options(**maps))  # fmt: skip
+    if top_k is not None:
+        request.top_k = top_k
+    if score_threshold is not None:
+        request.score_threshold = score_threshold
+    return request
+
+
+def detect_request(
+    images, model, version=0, score_threshold=None, max_detections=None, **maps
+) -> pb.DetectRequest:
+    request = pb.DetectRequest(model=model, version=version, images=[image_message(i) for i in images],
+                               maps=map_options(**maps))  # fmt: skip
+    if score_threshold is not None:
+        request.score_threshold = score_threshold
+    if max_detections is not None:
+        request.max_detections = max_detections
+    return request
+
+
+def map_array(m: pb.AttentionMap) -> np.ndarray:
+    """A returned map as an array: float32 of ``m.shape`` (float16), or the PNG's pixels."""
+    if m.encoding == pb.MAP_ENCODING_FLOAT16:
+        return np.frombuffer(m.data, "<f2").reshape(tuple(m.shape)).astype(np.float32)
+    return np.asarray(Image.open(io.BytesIO(m.data)))
+
+
+def _channel_options(max_message_mb: int) -> list[tuple[str, int]]:
+    size = max_message_mb * 1024 * 1024
+    return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
+
+
+class VisionClient:
+    def __init__(self, target: str = "localhost:50051", timeout: float | None = 30.0,
+                 max_message_mb: int = DEFAULT_MAX_MESSAGE_MB) -> None:  # fmt: skip
+        self.channel = grpc.insecure_channel(target, options=_channel_options(max_message_mb))
+        self.stub = vision_pb2_grpc.VisionServiceStub(self.channel)
+        self.timeout = timeout
+
+    def classify(self, images: Sequence[ImageLike], model: str, **options) -> pb.ClassifyResponse:
+        return self.stub.Classify(classify_request(images, model, **options), timeout=self.timeout)
+
+    def detect(self, images: Sequence[ImageLike], model: str, **options) -> pb.DetectResponse:
+        return self.stub.Detect(detect_request(images, model, **options), timeout=self.timeout)
+
+    def stream_detect(
+        self, frames: Iterable[ImageLike], model: str, **options
+    ) -> Iterator[pb.DetectResponse]:
+        """One response per frame, in order (video)."""
+        return self.stub.StreamDetect(detect_request([f], model, **options) for f in frames)
+
+    def stream_classify(
+        self, frames: Iterable[ImageLike], model: str, **options
+    ) -> Iterator[pb.ClassifyResponse]:
+        return self.stub.StreamClassify(classify_request([f], model, **options) for f in frames)
+
+    def list_models(self) -> pb.ListModelsResponse:
+        return self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+
+    def model_info(self, model: str, version: int = 0) -> pb.ModelInfo:
+        return self.stub.GetModelInfo(
+            pb.GetModelInfoRequest(model=model, version=version), timeout=self.timeout
+        )
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "VisionClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncVisionClient:
+    def __init__(self, target: str = "localhost:50051", timeout: float | None = 30.0,
+                 max_message_mb: int = DEFAULT_MAX_MESSAGE_MB) -> None:  # fmt: skip
+        self.channel = grpc.aio.insecure_channel(target, options=_channel_options(max_message_mb))
+        self.stub = vision_pb2_grpc.VisionServiceStub(self.channel)
+        self.timeout = timeout
+
+    async def classify(self, images: Sequence[ImageLike], model: str, **options) -> pb.ClassifyResponse:
+        return await self.stub.Classify(classify_request(images, model, **options), timeout=self.timeout)
+
+    async def detect(self, images: Sequence[ImageLike], model: str, **options) -> pb.DetectResponse:
+        return await self.stub.Detect(detect_request(images, model, **options), timeout=self.timeout)
+
+    async def stream_detect(
+        self, frames: Iterable[ImageLike], model: str, **options
+    ) -> AsyncIterator[pb.DetectResponse]:
+        async for reply in self.stub.StreamDetect(detect_request([f], model, **options) for f in frames):
+            yield reply
+
+    async def list_models(self) -> pb.ListModelsResponse:
+        return await self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+
+    async def model_info(self, model: str, version: int = 0) -> pb.ModelInfo:
+        return await self.stub.GetModelInfo(
+            pb.GetModelInfoRequest(model=model, version=version), timeout=self.timeout
+        )
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> "AsyncVisionClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

@@ -1,0 +1,84 @@
+"""Turning request bytes into RGB images: every common format, EXIF orientation applied, any mode
+converted to RGB, large JPEGs decoded near the model's size (draft mode), and guards against empty,
+truncated, unreadable and decompression-bomb images."""
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import invalid
+
+Image.MAX_IMAGE_PIXELS = None  # our own limit (max_pixels) is checked from the header, before decoding
+EXIF_ORIENTATION = 0x0112
+TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # rotated by 90°: width and height swap
+
+
+@dataclass
+class Decoded:
+    image: Image.Image  # RGB, possibly reduced by JPEG draft mode
+    width: int  # the original's size, upright (after EXIF orientation)
+    height: int
+
+
+def decode_encoded(data: bytes, index: int, target: tuple[int, int], max_pixels: int) -> Decoded:
+    """``target`` (H, W): a JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers the model input."""
+    if not data:
+        raise invalid(f"image {index} is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))
+            width, height = im.size
+            if width * height > max_pixels:
+                raise invalid(
+                    f"image {index} is {width}×{height} = {width * height} pixels, over the server's "
+                    f"limit of {max_pixels}; send a smaller image"
+                )
+            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+            if orientation in TRANSPOSING_ORIENTATIONS:
+                width, height = height, width
+            if im.format == "JPEG":
+                th, tw = target if orientation not in TRANSPOSING_ORIENTATIONS else target[::-1]
+                im.draft("RGB", (tw, th))  # decodes at the smallest scale still at least this size
+            im.seek(0)  # a GIF's first frame
+            im.load()
+    except UnidentifiedImageError:
+        raise invalid(
+            f"image {index} ({len(data)} bytes) is not an image in a supported format "
+            "(JPEG, PNG, WebP, BMP, TIFF, GIF)"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise invalid(f"image {index} could not be decoded: {exc}") from None
+    return Decoded(to_rgb(ImageOps.exif_transpose(im)), width, height)
+
+
+def decode_raw(rgb: bytes, height: int, width: int, index: int, max_pixels: int) -> Decoded:
+    if height <= 0 or width <= 0:
+        raise invalid(f"raw image {index} has shape {height}×{width}; both must be positive")
+    if height * width > max_pixels:
+        raise invalid(
+            f"raw image {index} has {height * width} pixels, over the server's limit of {max_pixels}"
+        )
+    if len(rgb) != height * width * 3:
+        raise invalid(
+            f"raw image {index}: {height}×{width}×3 RGB needs {height * width * 3} bytes, got {len(rgb)}"
+        )
+    return Decoded(Image.fromarray(np.frombuffer(rgb, np.uint8).reshape(height, width, 3)), width, height)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode as 8-bit RGB: 16-bit and 32-bit greyscale scaled down, transparency over white."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or values.max() > 255 else 255.0
+        return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV

@@ -1,0 +1,1 @@
+"""gRPC front-ends: thin servicers that translate messages and delegate to the data plane."""

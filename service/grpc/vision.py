@@ -1,0 +1,211 @@
+"""The attnserve.v1 VisionService: proto messages in and out; the work is the data plane's."""
+
+import asyncio
+import logging
+import time
+import uuid
+
+import grpc
+
+from attnserve.manifest import CLASSIFICATION, DETECTION
+from attnserve.v1 import vision_pb2 as pb
+from attnserve.v1 import vision_pb2_grpc
+from service import maps
+from service.dataplane import DataPlane, ImageInput, MapRequest, Prediction
+from service.errors import ServiceError, invalid
+from service.metrics import Metrics
+from service.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+ENCODINGS = {
+    pb.MAP_ENCODING_UNSPECIFIED: maps.FLOAT16,
+    pb.MAP_ENCODING_FLOAT16: maps.FLOAT16,
+    pb.MAP_ENCODING_PNG_HEATMAP: maps.PNG_HEATMAP,
+    pb.MAP_ENCODING_PNG_OVERLAY: maps.PNG_OVERLAY,
+}
+ENCODING_ENUMS = {maps.FLOAT16: pb.MAP_ENCODING_FLOAT16, maps.PNG_HEATMAP: pb.MAP_ENCODING_PNG_HEATMAP,
+                  maps.PNG_OVERLAY: pb.MAP_ENCODING_PNG_OVERLAY}  # fmt: skip
+GEOMETRIES = {
+    pb.MAP_GEOMETRY_UNSPECIFIED: maps.MODEL_GRID,
+    pb.MAP_GEOMETRY_MODEL_GRID: maps.MODEL_GRID,
+    pb.MAP_GEOMETRY_ORIGINAL_IMAGE: maps.ORIGINAL_IMAGE,
+}
+GEOMETRY_ENUMS = {
+    maps.MODEL_GRID: pb.MAP_GEOMETRY_MODEL_GRID,
+    maps.ORIGINAL_IMAGE: pb.MAP_GEOMETRY_ORIGINAL_IMAGE,
+}
+STAGES = ("decode", "preprocess", "queue", "inference", "postprocess", "encode", "total")
+
+
+class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
+    def __init__(self, dataplane: DataPlane, registry: ModelRegistry, metrics: Metrics) -> None:
+        self.dataplane = dataplane
+        self.registry = registry
+        self.metrics = metrics
+
+    async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
+        return await self._call("Classify", request, context, self._classify)
+
+    async def Detect(self, request: pb.DetectRequest, context) -> pb.DetectResponse:
+        return await self._call("Detect", request, context, self._detect)
+
+    async def StreamClassify(self, requests, context):
+        async for request in requests:
+            yield await self._call("StreamClassify", request, context, self._classify)
+
+    async def StreamDetect(self, requests, context):
+        async for request in requests:
+            yield await self._call("StreamDetect", request, context, self._detect)
+
+    async def ListModels(self, request, context) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelVersions(
+                    name=name,
+                    versions=self.registry.versions(name),
+                    task=self.registry.get(name).manifest.task,
+                    ready=True,
+                )
+                for name in self.registry.names()
+            ]
+        )
+
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context) -> pb.ModelInfo:
+        try:
+            served = self.registry.get(request.model, request.version)
+        except ServiceError as exc:
+            await context.abort(exc.code, exc.message)
+        m = served.manifest
+        return pb.ModelInfo(
+            name=m.name,
+            version=m.version,
+            versions=self.registry.versions(m.name),
+            task=m.task,
+            labels=m.labels,
+            input_height=m.input.height,
+            input_width=m.input.width,
+            resize=m.input.resize,
+            attention=[
+                pb.AttentionOutput(
+                    name=a.name, kind=a.kind, source=a.source, shape=a.shape, stride=a.stride or 0
+                )
+                for a in m.attention
+            ],
+            precision=m.precision,
+            provider=served.model.provider,
+            exporter=m.exporter,
+            sha256=m.sha256,
+        )
+
+    async def _classify(self, request: pb.ClassifyRequest, deadline: float | None) -> pb.ClassifyResponse:
+        prediction = await self.dataplane.predict(
+            CLASSIFICATION, request.model, request.version, images_of(request), map_request_of(request.maps),
+            deadline=deadline,
+            top_k=request.top_k if request.HasField("top_k") else None,
+            score_threshold=request.score_threshold if request.HasField("score_threshold") else None,
+        )  # fmt: skip
+        results = [
+            pb.Classification(
+                labels=[pb.ScoredLabel(class_id=s.class_id, label=s.label, score=s.score) for s in r.labels],
+                maps=maps_of(r.maps),
+                image_size=pb.ImageSize(height=r.height, width=r.width),
+            )
+            for r in prediction.results
+        ]
+        return pb.ClassifyResponse(results=results, **_common(prediction))
+
+    async def _detect(self, request: pb.DetectRequest, deadline: float | None) -> pb.DetectResponse:
+        prediction = await self.dataplane.predict(
+            DETECTION, request.model, request.version, images_of(request), map_request_of(request.maps),
+            deadline=deadline,
+            score_threshold=request.score_threshold if request.HasField("score_threshold") else None,
+            max_detections=request.max_detections if request.HasField("max_detections") else None,
+        )  # fmt: skip
+        results = [
+            pb.DetectionResult(
+                detections=[
+                    pb.Detection(
+                        box=pb.Box(x1=d.box[0], y1=d.box[1], x2=d.box[2], y2=d.box[3]),
+                        class_id=d.class_id,
+                        label=d.label,
+                        score=d.score,
+                    )
+                    for d in r.detections
+                ],
+                maps=maps_of(r.maps),
+                image_size=pb.ImageSize(height=r.height, width=r.width),
+            )
+            for r in prediction.results
+        ]
+        return pb.DetectResponse(results=results, **_common(prediction))
+
+    async def _call(self, method: str, request, context, handler):
+        """Metrics, deadline and error translation around one request."""
+        model = request.model if request.model in self.registry.names() else "unknown"  # bounded labels
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        started = time.perf_counter()
+        self.metrics.in_flight.labels(method).inc()
+        code, message = grpc.StatusCode.OK, ""
+        try:
+            return await handler(request, deadline)
+        except ServiceError as exc:
+            code, message = exc.code, exc.message
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            request_id = uuid.uuid4().hex[:16]
+            log.exception("internal error in %s (request id %s)", method, request_id)
+            code, message = (
+                grpc.StatusCode.INTERNAL,
+                f"internal error (request id {request_id}; see the server log)",
+            )
+        finally:
+            self.metrics.in_flight.labels(method).dec()
+            self.metrics.requests.labels(model, method, code.name).inc()
+            self.metrics.request_seconds.labels(model, method).observe(time.perf_counter() - started)
+        await context.abort(code, message)
+
+
+def images_of(request) -> list[ImageInput]:
+    images = []
+    for image in request.images:
+        kind = image.WhichOneof("data")
+        if kind == "encoded":
+            images.append(ImageInput(encoded=image.encoded))
+        elif kind == "raw":
+            images.append(ImageInput(rgb=image.raw.rgb, height=image.raw.height, width=image.raw.width))
+        else:
+            images.append(ImageInput())
+    return images
+
+
+def map_request_of(options: pb.MapOptions) -> MapRequest:
+    if options.encoding not in ENCODINGS:
+        raise invalid(f"unknown map encoding {options.encoding}")
+    if options.geometry not in GEOMETRIES:
+        raise invalid(f"unknown map geometry {options.geometry}")
+    return MapRequest(list(options.select), ENCODINGS[options.encoding], GEOMETRIES[options.geometry])
+
+
+def maps_of(encoded: list[maps.EncodedMap]) -> list[pb.AttentionMap]:
+    return [
+        pb.AttentionMap(
+            name=m.name,
+            kind=m.kind,
+            shape=m.shape,
+            encoding=ENCODING_ENUMS[m.encoding],
+            data=m.data,
+            geometry=GEOMETRY_ENUMS[m.geometry],
+            source=m.source,
+        )  # fmt: skip
+        for m in encoded
+    ]
+
+
+def _common(prediction: Prediction) -> dict:
+    timing = pb.Timing(**{f"{stage}_us": round(prediction.timing[stage] * 1e6) for stage in STAGES})
+    return {"model": prediction.model, "version": prediction.version, "timing": timing,
+            "request_id": prediction.request_id}  # fmt: skip

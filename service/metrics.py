@@ -1,0 +1,53 @@
+"""Prometheus metrics, on their own HTTP port. Histograms (not summaries) so latency aggregates across
+replicas; buckets fit millisecond-scale inference."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# seconds: 0.25 ms to 10 s
+LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+STAGES = ("decode", "preprocess", "queue", "inference", "postprocess", "encode")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "attnserve_requests", "Requests answered, by model, method and gRPC status code.",
+            ["model", "method", "code"], registry=r,
+        )  # fmt: skip
+        self.request_seconds = Histogram(
+            "attnserve_request_duration_seconds", "Time from receiving a request to answering it.",
+            ["model", "method"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.stage_seconds = Histogram(
+            "attnserve_stage_duration_seconds",
+            "Time per request in each stage: decode, preprocess, queue, inference, postprocess, encode.",
+            ["model", "stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "attnserve_batch_size",
+            "Images per inference batch.",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "attnserve_queue_depth", "Images waiting for inference.", ["model", "version"], registry=r
+        )
+        self.in_flight = Gauge(
+            "attnserve_in_flight_requests", "Requests being handled now.", ["method"], registry=r
+        )
+        self.load_seconds = Gauge(
+            "attnserve_model_load_duration_seconds", "Time to load and warm up a model version.",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
+        self.model_info = Gauge(
+            "attnserve_model_info", "Each model version served (value 1), with its provider and precision.",
+            ["model", "version", "task", "provider", "precision"], registry=r,
+        )  # fmt: skip
+
+    def serve(self, host: str, port: int):
+        """Start the /metrics HTTP server; returns it (``.server_port`` is the bound port)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server

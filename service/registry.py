@@ -1,0 +1,88 @@
+"""The models being served: every version found in the repository, loaded at start-up."""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from attnserve.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
+from service.batching import Batcher
+from service.errors import not_found
+from service.runtime import OnnxModel
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    model: OnnxModel
+    batcher: Batcher
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.model.manifest
+
+
+class ModelRegistry:
+    def __init__(self) -> None:
+        self._models: dict[str, dict[int, ServedModel]] = {}
+        self.failed: dict[str, str] = {}  # "name/version" → why it did not load
+
+    def add(self, served: ServedModel) -> None:
+        self._models.setdefault(served.manifest.name, {})[served.manifest.version] = served
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self._models.get(name, {}))
+
+    def all(self) -> list[ServedModel]:
+        return [v for name in self.names() for _, v in sorted(self._models[name].items())]
+
+    def get(self, name: str, version: int = 0) -> ServedModel:
+        if name not in self._models:
+            known = ", ".join(self.names()) or "none"
+            raise not_found(f"model {name!r} is not served here (models: {known})")
+        versions = self._models[name]
+        if version == 0:
+            return versions[max(versions)]
+        if version not in versions:
+            raise not_found(
+                f"model {name!r} has no version {version} (versions: {', '.join(map(str, sorted(versions)))})"
+            )
+        return versions[version]
+
+
+def version_dirs(repository: Path) -> list[Path]:
+    """Every NAME/VERSION folder holding a model and its manifest (hidden staging folders are skipped)."""
+    found = []
+    for model_dir in sorted(
+        p for p in Path(repository).iterdir() if p.is_dir() and not p.name.startswith(".")
+    ):
+        for version_dir in sorted(
+            (p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+        ):
+            if (version_dir / MODEL_FILE).is_file() and (version_dir / MANIFEST_FILE).is_file():
+                found.append(version_dir)
+    return found
+
+
+def load_repository(settings: Settings, registry: ModelRegistry, make_batcher, on_loaded) -> None:
+    """Load and warm up every version into ``registry``; one that fails is logged and left out.
+    ``on_loaded(served)`` runs after each one (the server marks it ready there)."""
+    for version_dir in version_dirs(Path(settings.repository)):
+        key = f"{version_dir.parent.name}/{version_dir.name}"
+        try:
+            model = OnnxModel(
+                version_dir, settings.provider, settings.intra_op_threads, settings.inter_op_threads
+            )
+            model.warm_up(settings.max_batch_size)
+        except Exception as exc:
+            log.error("model %s not loaded: %s", key, exc)
+            registry.failed[key] = str(exc)
+            continue
+        served = ServedModel(model, make_batcher(model))
+        registry.add(served)
+        log.info("loaded %s on %s in %.2f s", key, model.provider, model.load_seconds)
+        on_loaded(served)

@@ -1,0 +1,64 @@
+"""One ONNX Runtime session per model version: providers, threads, warm-up, and runs that fetch only the
+outputs asked for (a request without maps pays nothing for them)."""
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from attnserve.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def providers_for(choice: str) -> list[str]:
+    available = ort.get_available_providers()
+    if choice == "cpu":
+        return [CPU]
+    if choice == "cuda":
+        if CUDA not in available:
+            raise RuntimeError(
+                "provider cuda was asked for, but this ONNX Runtime has no CUDA provider "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu on a GPU machine, or use auto"
+            )
+        return [CUDA, CPU]
+    return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+class OnnxModel:
+    def __init__(
+        self, version_dir: Path, provider: str, intra_op_threads: int, inter_op_threads: int
+    ) -> None:
+        started = time.perf_counter()
+        self.manifest = Manifest.read(version_dir / MANIFEST_FILE)
+        data = (version_dir / MODEL_FILE).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if self.manifest.sha256 and digest != self.manifest.sha256:
+            raise RuntimeError(
+                f"{version_dir / MODEL_FILE} does not match its manifest's sha256; re-export it"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(data, options, providers=providers_for(provider))
+        self.provider = self.session.get_providers()[0]
+        self.input_name = self.manifest.input.name
+        self.load_seconds = time.perf_counter() - started
+
+    def run(self, images: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+        return dict(zip(outputs, self.session.run(outputs, {self.input_name: images}), strict=True))
+
+    def warm_up(self, max_batch: int) -> None:
+        """First runs allocate and tune; do them before the model is marked ready."""
+        shape = (1, 3, self.manifest.input.height, self.manifest.input.width)
+        for batch in sorted({1, max_batch}):
+            images = np.full((batch, *shape[1:]), 0.5, np.float32)
+            self.run(images, self.manifest.predictions)
+            self.run(images, self.manifest.output_names())

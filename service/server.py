@@ -1,0 +1,101 @@
+"""The server process: gRPC (vision API, health, reflection) and /metrics, models loaded in the
+background, graceful shutdown on SIGTERM.
+
+Health (grpc.health.v1): the overall service "" and each model name are NOT_SERVING until the models
+are loaded and warmed up, then SERVING; on SIGTERM everything goes NOT_SERVING, new calls are refused,
+and calls in flight get ``grace_period_s`` to finish before the process exits 0.
+"""
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from attnserve.v1 import vision_pb2, vision_pb2_grpc
+from service.batching import Batcher
+from service.dataplane import DataPlane
+from service.grpc.vision import VisionServicer
+from service.metrics import Metrics
+from service.registry import ModelRegistry, ServedModel, load_repository
+from service.settings import Settings
+
+log = logging.getLogger("attnserve")
+VISION_SERVICE = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    size = settings.max_message_mb * 1024 * 1024
+    options = [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
+    if settings.max_connection_age_s > 0:  # clients reconnect, so new pods get traffic behind a ClusterIP
+        age_ms = int(settings.max_connection_age_s * 1000)
+        options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)]
+    return options
+
+
+async def serve(settings: Settings) -> int:
+    if not Path(settings.repository).is_dir():
+        log.error("model repository %s does not exist; export models into it with attnserve export",
+                  settings.repository)  # fmt: skip
+        return 2
+    metrics = Metrics()
+    registry = ModelRegistry()
+    dataplane = DataPlane(settings, registry, metrics)
+    server = grpc.aio.server(options=grpc_options(settings))
+    vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(dataplane, registry, metrics), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [VISION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    for name in ("", VISION_SERVICE):
+        await health_servicer.set(name, NOT_SERVING)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    metrics_server = metrics.serve(settings.metrics_host, settings.metrics_port)
+    await server.start()
+    log.info("gRPC on %s:%d, metrics on http://%s:%d/metrics; loading models from %s", settings.host, port,
+             settings.metrics_host, metrics_server.server_port, settings.repository)  # fmt: skip
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def loaded(served: ServedModel) -> None:
+        m = served.manifest
+        metrics.load_seconds.labels(m.name, str(m.version)).set(served.model.load_seconds)
+        metrics.model_info.labels(m.name, str(m.version), m.task, served.model.provider, m.precision).set(1)
+        asyncio.run_coroutine_threadsafe(health_servicer.set(m.name, SERVING), loop)
+
+    def batcher(model) -> Batcher:
+        return Batcher(model, settings.max_batch_size, settings.max_queue_delay_ms / 1000,
+                       settings.max_queue_size, metrics)  # fmt: skip
+
+    loading = asyncio.create_task(asyncio.to_thread(load_repository, settings, registry, batcher, loaded))
+    await asyncio.wait([loading, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if loading.done() and not stop.is_set():
+        loading.result()
+        for name in ("", VISION_SERVICE):
+            await health_servicer.set(name, SERVING)
+        failed = f"; not loaded: {registry.failed}" if registry.failed else ""
+        log.info("ready: %d model versions (%s)%s", len(registry.all()), ", ".join(registry.names()), failed)
+        await stop.wait()
+
+    log.info(
+        "shutting down: NOT_SERVING, refusing new calls, %.1f s for calls in flight", settings.grace_period_s
+    )
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.grace_period_s)
+    dataplane.shutting_down = True
+    for served in registry.all():
+        await served.batcher.close()
+    dataplane.close()
+    metrics_server.shutdown()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,98 @@
+"""Server settings, in one typed place. Each comes from (lowest to highest precedence) its default, a
+TOML file (``--config``), an environment variable ``ATTNSERVE_<NAME>``, or a flag ``--<name>``."""
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ENV_PREFIX = "ATTNSERVE_"
+PROVIDERS = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class Settings:
+    repository: Path = field(default=Path("model_repository"), metadata={"help": "model repository folder"})
+    host: str = field(default="0.0.0.0", metadata={"help": "address the gRPC server binds"})
+    port: int = field(default=50051, metadata={"help": "gRPC port (0: any free port)"})
+    metrics_host: str = field(default="0.0.0.0", metadata={"help": "address the metrics server binds"})
+    metrics_port: int = field(default=9090, metadata={"help": "Prometheus metrics port (0: any free port)"})
+    provider: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu or cuda"})
+    intra_op_threads: int = field(
+        default=0, metadata={"help": "ONNX Runtime threads per inference; 0: cores"}
+    )
+    inter_op_threads: int = field(default=1, metadata={"help": "ONNX Runtime inter-op threads"})
+    decode_threads: int = field(default=2, metadata={"help": "threads decoding and fitting images"})
+    max_batch_size: int = field(
+        default=8, metadata={"help": "images per inference batch; 1 turns batching off"}
+    )
+    max_queue_delay_ms: float = field(
+        default=2.0, metadata={"help": "how long a batch waits for more requests to join it"}
+    )
+    max_queue_size: int = field(
+        default=256, metadata={"help": "images waiting per model before RESOURCE_EXHAUSTED"}
+    )
+    max_message_mb: int = field(default=64, metadata={"help": "largest request or response, MiB"})
+    max_image_pixels: int = field(default=40_000_000, metadata={"help": "decompression-bomb guard"})
+    max_images_per_request: int = field(default=64, metadata={"help": "images in one request"})
+    grace_period_s: float = field(
+        default=10.0, metadata={"help": "in-flight calls get this long after SIGTERM"}
+    )
+    max_connection_age_s: float = field(
+        default=0.0, metadata={"help": "close connections after this long so clients rebalance; 0: never"}
+    )
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+
+    def validate(self) -> "Settings":
+        if self.provider not in PROVIDERS:
+            raise ValueError(f"provider {self.provider!r} is not one of {', '.join(PROVIDERS)}")
+        for name in ("max_batch_size", "max_queue_size", "max_message_mb", "max_image_pixels",
+                     "decode_threads", "max_images_per_request"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.max_queue_delay_ms < 0 or self.grace_period_s < 0:
+            raise ValueError("max_queue_delay_ms and grace_period_s cannot be negative")
+        return self
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML file of settings (keys as below, with underscores)")
+    for f in fields(Settings):
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            type=_type_of(f),
+            default=None,
+            help=f"{f.metadata['help']} (env {ENV_PREFIX}{f.name.upper()}; default {f.default})",
+        )
+
+
+def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Defaults, then the TOML file, then the environment, then flags: the later wins."""
+    environ = os.environ if environ is None else environ
+    values: dict = {}
+    config = getattr(args, "config", None) or environ.get(f"{ENV_PREFIX}CONFIG")
+    if config:
+        with open(config, "rb") as f:
+            from_file = tomllib.load(f)
+        unknown = set(from_file) - {f.name for f in fields(Settings)}
+        if unknown:
+            raise ValueError(f"unknown settings in {config}: {', '.join(sorted(unknown))}")
+        values.update(from_file)
+    for f in fields(Settings):
+        if f"{ENV_PREFIX}{f.name.upper()}" in environ:
+            values[f.name] = environ[f"{ENV_PREFIX}{f.name.upper()}"]
+        flag = getattr(args, f.name, None) if args is not None else None
+        if flag is not None:
+            values[f.name] = flag
+    converted = {
+        name: _type_of(next(f for f in fields(Settings) if f.name == name))(v) for name, v in values.items()
+    }
+    return dataclasses.replace(Settings(), **converted).validate()
+
+
+def _type_of(f: dataclasses.Field):
+    return {"Path": Path, "int": int, "float": float, "str": str}[
+        f.type if isinstance(f.type, str) else f.type.__name__
+    ]
