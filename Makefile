@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format train evaluate clean protos
+.PHONY: install run test lint format train evaluate clean protos prometheus
 
 install: $(STAMP)
 
@@ -23,8 +23,13 @@ run: install
 	$(VENV)/bin/attnserve export --demo --skip-existing --repository $(MODEL_REPOSITORY)
 	$(VENV)/bin/attnserve serve --repository $(MODEL_REPOSITORY)
 
-test: lint
+# The metrics tests run Debian's Prometheus and promtool on loopback; installed here when missing.
+test: lint prometheus
 	$(PY) -m pytest
+
+prometheus:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -2,8 +2,9 @@
 background, graceful shutdown on SIGTERM.
 
 Health (grpc.health.v1): the overall service "" and each model name are NOT_SERVING until the models
-are loaded and warmed up, then SERVING; on SIGTERM everything goes NOT_SERVING, new calls are refused,
-and calls in flight get ``grace_period_s`` to finish before the process exits 0.
+are loaded and warmed up, then SERVING. On SIGTERM everything goes NOT_SERVING; after
+``shutdown_delay_s`` (time for load balancers to notice) new calls are refused, and calls the server
+has received get ``grace_period_s`` to finish before the process exits 0.
 """
 
 import asyncio
@@ -87,11 +88,15 @@ async def serve(settings: Settings) -> int:
         log.info("ready: %d model versions (%s)%s", len(registry.all()), ", ".join(registry.names()), failed)
         await stop.wait()
 
-    log.info(
-        "shutting down: NOT_SERVING, refusing new calls, %.1f s for calls in flight", settings.grace_period_s
-    )
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(settings.grace_period_s)
+    if settings.shutdown_delay_s:
+        log.info(
+            "shutting down: NOT_SERVING; serving %.1f s more so clients move away", settings.shutdown_delay_s
+        )
+        await asyncio.sleep(settings.shutdown_delay_s)
+    grace = settings.grace_period_s
+    log.info("shutting down: NOT_SERVING, refusing new calls, %.1f s for calls in flight", grace)
+    await server.stop(grace)
     dataplane.shutting_down = True
     for served in registry.all():
         await served.batcher.close()

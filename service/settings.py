@@ -37,8 +37,13 @@ class Settings:
     max_message_mb: int = field(default=64, metadata={"help": "largest request or response, MiB"})
     max_image_pixels: int = field(default=40_000_000, metadata={"help": "decompression-bomb guard"})
     max_images_per_request: int = field(default=64, metadata={"help": "images in one request"})
+    shutdown_delay_s: float = field(
+        default=0.0,
+        metadata={"help": "after SIGTERM, report NOT_SERVING but keep serving this long, so that load "
+                  "balancers stop sending first"},
+    )  # fmt: skip
     grace_period_s: float = field(
-        default=10.0, metadata={"help": "in-flight calls get this long after SIGTERM"}
+        default=10.0, metadata={"help": "then refuse new calls; calls in flight get this long to finish"}
     )
     max_connection_age_s: float = field(
         default=0.0, metadata={"help": "close connections after this long so clients rebalance; 0: never"}
@@ -52,8 +57,8 @@ class Settings:
                      "decode_threads", "max_images_per_request"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.max_queue_delay_ms < 0 or self.grace_period_s < 0:
-            raise ValueError("max_queue_delay_ms and grace_period_s cannot be negative")
+        if min(self.max_queue_delay_ms, self.grace_period_s, self.shutdown_delay_s) < 0:
+            raise ValueError("max_queue_delay_ms, shutdown_delay_s and grace_period_s cannot be negative")
         return self
 
 

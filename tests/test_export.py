@@ -29,10 +29,8 @@ def session(path: Path) -> ort.InferenceSession:
 
 
 @pytest.fixture(scope="module")
-def demo_repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("repo")
-    assert main(["--demo", "--repository", str(repo), "--no-progress"]) == 0
-    return repo
+def demo_repo(demo_repository) -> Path:
+    return demo_repository
 
 
 def test_demo_export_writes_each_model_with_a_manifest(demo_repo):

@@ -1,0 +1,245 @@
+"""Server lifecycle and operations: draining on SIGTERM, a full queue, deadlines, metrics scraped by a
+real Prometheus, settings precedence, the generated code, and the predict command."""
+
+import argparse
+import asyncio
+import io
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from conftest import start_server
+from PIL import Image
+
+from models.scenes import CLASS_NAMES, classification_scene, detection_scene
+from service.batching import Batcher
+from service.client import AsyncVisionClient, VisionClient
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.runtime import OnnxModel
+from service.settings import Settings, add_arguments, load
+
+ROOT = Path(__file__).parent.parent
+
+
+def jpeg(array: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
+    im = Image.fromarray(array)
+    if size:
+        im = im.resize(size)
+    buffer = io.BytesIO()
+    im.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def metric(server, name: str, match: str = "") -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and match in line)  # fmt: skip
+
+
+def test_sigterm_drains_calls_in_flight_and_exits_0(demo_repository, tmp_path):
+    server = start_server(
+        demo_repository, tmp_path / "log", "--max-batch-size", "1", "--grace-period-s", "30"
+    )
+    photos = [jpeg(detection_scene(7000, i, size=256).image, (1920, 1080)) for i in range(4)]
+
+    async def calls_then_sigterm():
+        async with AsyncVisionClient(server.target, timeout=60) as client:
+            calls = [asyncio.create_task(client.detect(photos, "harnet_detector", select=["all"]))
+                     for _ in range(12)]  # fmt: skip
+            # SIGTERM once the server has received every call (a call still uploading when the server
+            # stops is refused: that is what shutdown_delay_s is for)
+            while metric(server, "attnserve_in_flight_requests", 'method="Detect"') < len(calls):
+                await asyncio.sleep(0.005)
+            server.process.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    replies = asyncio.run(calls_then_sigterm())
+    assert server.process.wait(60) == 0
+    failures = [r for r in replies if isinstance(r, Exception)]
+    assert not failures, failures
+    assert all(len(r.results) == 4 and r.results[0].maps for r in replies)
+    assert "shutting down: NOT_SERVING, refusing new calls" in server.log() and "stopped" in server.log()
+
+
+def test_a_full_queue_answers_resource_exhausted_and_recovers(demo_repository, tmp_path):
+    server = start_server(demo_repository, tmp_path / "log", "--max-queue-size", "2", "--max-batch-size", "1",
+                          "--max-queue-delay-ms", "0")  # fmt: skip
+    image = jpeg(classification_scene(7001, 0, size=96).image)
+
+    async def burst():
+        async with AsyncVisionClient(server.target) as client:
+            calls = (client.classify([image, image], "cbam_classifier") for _ in range(40))
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    try:
+        replies = asyncio.run(burst())
+        refused = [r for r in replies if isinstance(r, grpc.RpcError)]
+        assert refused and all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in refused)
+        assert "the queue for model cbam_classifier/1 is full" in refused[0].details()
+        assert len(refused) < len(replies), "the ones that fit were answered"
+        with VisionClient(server.target) as client:
+            assert client.classify([image], "cbam_classifier").results[0].labels
+        assert metric(server, "attnserve_requests_total", 'code="RESOURCE_EXHAUSTED"') == len(refused)
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_request_past_its_deadline_is_dropped_before_inference(demo_repository):
+    model = OnnxModel(demo_repository / "eca_classifier" / "1", "cpu", 1, 1)
+    metrics = Metrics()
+    batcher = Batcher(model, max_batch_size=4, max_queue_delay_s=0.0, max_queue_images=8, metrics=metrics)
+    images = np.zeros((1, 3, 96, 96), np.float32)
+
+    async def run():
+        with pytest.raises(ServiceError) as err:
+            await batcher.submit(images, ["logits"], deadline=time.monotonic() - 0.001)
+        assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        ok = await batcher.submit(images, ["logits"], deadline=time.monotonic() + 10)
+        await batcher.close()
+        return ok
+
+    assert asyncio.run(run()).outputs["logits"].shape == (1, 6)
+    assert metrics.batch_size.labels("eca_classifier", "1")._sum.get() == 1, "only the live request ran"
+
+
+def test_metrics_pass_promtool_and_a_real_prometheus_answers_quantiles(server, tmp_path):
+    promtool, prometheus = shutil.which("promtool"), shutil.which("prometheus")
+    assert promtool and prometheus, "make test installs Debian's prometheus package (promtool, prometheus)"
+    with VisionClient(server.target) as client:
+        client.classify(
+            [jpeg(classification_scene(7002, 0, size=96).image)], "cbam_classifier", select=["cam"]
+        )
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read()
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    for name in ("requests_total", "request_duration_seconds_bucket", "stage_duration_seconds_bucket",
+                 "batch_size_bucket", "queue_depth", "in_flight_requests", "model_load_duration_seconds",
+                 "model_info"):  # fmt: skip
+        assert f"attnserve_{name}".encode() in text, name
+
+    web = _free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        json.dumps(
+            {
+                "global": {"scrape_interval": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "attnserve",
+                        "static_configs": [{"targets": [f"127.0.0.1:{server.metrics_port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    command = [prometheus, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{web}",
+               f"--storage.tsdb.path={tmp_path / 'tsdb'}"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        api = f"http://127.0.0.1:{web}/api/v1"
+        _wait_for(lambda: '"health":"up"' in _get(f"{api}/targets"), 30)
+        buckets = 'attnserve_stage_duration_seconds_bucket{model="cbam_classifier"}'
+        query = f"histogram_quantile(0.95, sum by (le, stage) (rate({buckets}[30s])))"
+
+        def answered() -> dict:
+            with VisionClient(server.target) as client:  # traffic between scrapes, so rates are not zero
+                client.classify([jpeg(classification_scene(7003, 0, size=96).image)], "cbam_classifier")
+            result = json.loads(_get(f"{api}/query?query={urllib.parse.quote(query)}"))["data"]["result"]
+            return {r["metric"]["stage"]: float(r["value"][1]) for r in result if r["value"][1] != "NaN"}
+
+        stages = _wait_for(lambda: (s := answered()) and "inference" in s and s, 40)
+        assert set(stages) >= {"decode", "preprocess", "queue", "inference", "postprocess"}
+        assert 0 < stages["inference"] < 10
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _get(url: str) -> str:
+    try:
+        return urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError:
+        return ""
+
+
+def _wait_for(condition, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"not true within {timeout} s")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_settings_precedence_file_then_environment_then_flags(tmp_path):
+    config = tmp_path / "attnserve.toml"
+    config.write_text('port = 6000\nmetrics_port = 7000\nmax_batch_size = 4\nrepository = "/models"\n')
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--config", str(config), "--port", "6002"])
+    settings = load(args, environ={"ATTNSERVE_PORT": "6001", "ATTNSERVE_METRICS_PORT": "7001"})
+    assert settings.port == 6002  # flag over environment over file
+    assert settings.metrics_port == 7001  # environment over file
+    assert settings.max_batch_size == 4 and settings.repository == Path("/models")  # file over default
+    assert settings.grace_period_s == Settings().grace_period_s
+    config.write_text("prot = 1\n")
+    with pytest.raises(ValueError, match="unknown settings in .*: prot"):
+        load(parser.parse_args(["--config", str(config)]), environ={})
+    with pytest.raises(ValueError, match="max_batch_size must be at least 1"):
+        load(parser.parse_args(["--max-batch-size", "0"]), environ={})
+
+
+def test_generated_grpc_code_is_fresh():
+    with tempfile.TemporaryDirectory() as out:
+        subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", "protos", f"--python_out={out}",
+                        f"--pyi_out={out}", f"--grpc_python_out={out}", "protos/attnserve/v1/vision.proto"],
+                       cwd=ROOT, check=True)  # fmt: skip
+        for name in ("vision_pb2.py", "vision_pb2.pyi", "vision_pb2_grpc.py"):
+            fresh = (Path(out) / "attnserve" / "v1" / name).read_text()
+            assert fresh == (ROOT / "attnserve" / "v1" / name).read_text(), (
+                f"{name} is stale: run make protos"
+            )
+
+
+def test_predict_prints_the_class_and_writes_overlays(server, tmp_path):
+    """Five generated scenes in one call; the demo classifier is right on ~95% of them."""
+    paths, truth = [], []
+    for i in range(5):
+        scene = classification_scene(7004, i, size=96)
+        paths.append(tmp_path / f"scene{i}.jpg")
+        paths[-1].write_bytes(jpeg(scene.image, (240, 240)))
+        truth.append(CLASS_NAMES[int(scene.labels[0])])
+    attnserve = str(Path(sys.executable).with_name("attnserve"))
+    result = subprocess.run([attnserve, "predict", *map(str, paths), "--model", "cbam_classifier", "--server",
+                             server.target, "--overlay", str(tmp_path / "overlays")],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    printed = [line.split(": ", 1)[1].split(" ")[0] for line in lines[:5]]
+    assert [line.split(": ")[0] for line in lines[:5]] == list(map(str, paths))
+    assert sum(p == t for p, t in zip(printed, truth, strict=True)) >= 4, (printed, truth)
+    overlay = Image.open(tmp_path / "overlays" / "scene0.cam.png")
+    assert overlay.mode == "RGB" and overlay.size == (240, 240)
+    assert f"wrote {tmp_path / 'overlays' / 'scene4.cam.png'}" in result.stdout
+    unknown = [attnserve, "predict", str(paths[0]), "--model", "nope", "--server", server.target]
+    missing = subprocess.run(unknown, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "NOT_FOUND: model 'nope' is not served" in missing.stderr
