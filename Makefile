@@ -29,6 +29,7 @@ test: lint prometheus
 
 prometheus:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+		apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
 		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 lint: install

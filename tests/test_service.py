@@ -282,3 +282,17 @@ def test_bad_requests_get_a_named_error_and_the_server_keeps_serving(client, cas
     assert err.value.code() == code and message in err.value.details()
     assert "Traceback" not in err.value.details()
     assert client.classify([good], "cbam_classifier").results[0].labels, "still serving"
+
+
+def test_options_threshold_max_detections_and_stream_classify(client):
+    scene = detection_scene(6010, 2, size=128)
+    two = client.detect([encode(scene.image)], "harnet_detector", score_threshold=0.0, max_detections=2)
+    assert len(two.results[0].detections) == 2
+    everything = client.detect([encode(scene.image)], "harnet_detector", score_threshold=0.0)
+    assert len(everything.results[0].detections) == 50  # the model's fixed top K
+    image = encode(classification_scene(6011, 0, size=96).image)
+    confident = client.classify([image], "cbam_classifier", score_threshold=0.5).results[0].labels
+    assert len(confident) <= 1 and all(s.score >= 0.5 for s in confident)
+    frames = [encode(classification_scene(6012, i, size=96).image) for i in range(3)]
+    streamed = [r.results[0].labels[0].class_id for r in client.stream_classify(frames, "eca_classifier")]
+    assert streamed == [client.classify([f], "eca_classifier").results[0].labels[0].class_id for f in frames]

@@ -3,6 +3,7 @@ real Prometheus, settings precedence, the generated code, and the predict comman
 
 import argparse
 import asyncio
+import dataclasses
 import io
 import json
 import shutil
@@ -20,6 +21,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import start_server
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from models.scenes import CLASS_NAMES, classification_scene, detection_scene
@@ -243,3 +245,27 @@ def test_predict_prints_the_class_and_writes_overlays(server, tmp_path):
     unknown = [attnserve, "predict", str(paths[0]), "--model", "nope", "--server", server.target]
     missing = subprocess.run(unknown, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "NOT_FOUND: model 'nope' is not served" in missing.stderr
+
+
+def test_health_goes_not_serving_on_sigterm_while_the_delay_still_serves(demo_repository, tmp_path):
+    server = start_server(demo_repository, tmp_path / "log", "--shutdown-delay-s", "3")
+    image = jpeg(classification_scene(7005, 0, size=96).image)
+    with grpc.insecure_channel(server.target) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="cbam_classifier")
+        )
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        server.process.send_signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert server.health() == health_pb2.HealthCheckResponse.NOT_SERVING
+        with VisionClient(server.target) as client:  # still answering during the delay
+            assert client.classify([image], "cbam_classifier").results[0].labels
+    assert server.process.wait(30) == 0
+    assert "serving 3.0 s more" in server.log()
+
+
+def test_every_setting_is_documented():
+    doc = (ROOT / "docs" / "service.md").read_text()
+    for f in dataclasses.fields(Settings):
+        row = f"| `{f.name}` | `--{f.name.replace('_', '-')}` | `ATTNSERVE_{f.name.upper()}` |"
+        assert row in doc, f.name
