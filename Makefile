@@ -61,6 +61,8 @@ evaluate: install
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 
-# Regenerate the gRPC code in attnserve/v1/ from protos/ (a test fails when it is stale).
+PROTOS := protos/attnserve/v1/vision.proto protos/attnserve/inference/v2/grpc_predict_v2.proto
+
+# Regenerate the gRPC code in attnserve/ from protos/ (a test fails when it is stale).
 protos: install
-	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. protos/attnserve/v1/vision.proto
+	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)

@@ -89,6 +89,7 @@ class DataPlane:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
+        self.ready = False  # every model loaded and warm
         self.shutting_down = False
         self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
 
@@ -104,12 +105,8 @@ class DataPlane:
         score_threshold: float | None = None,
         max_detections: int | None = None,
     ) -> Prediction:
-        if self.shutting_down:
-            raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica"
-            )
         started = time.perf_counter()
-        served = self.registry.get(model, version)
+        served = self._served(model, version)
         manifest = served.manifest
         if manifest.task != task:
             other = "Detect" if manifest.task == DETECTION else "Classify"
@@ -145,6 +142,54 @@ class DataPlane:
             self.metrics.stage_seconds.labels(model, stage).observe(seconds)
         timing["total"] = time.perf_counter() - started
         return Prediction(manifest.name, manifest.version, results, timing, uuid.uuid4().hex[:16])
+
+    async def infer(
+        self,
+        model: str,
+        version: int,
+        outputs: list[str],
+        deadline: float | None = None,
+        tensor: np.ndarray | None = None,
+        images: list[ImageInput] | None = None,
+    ) -> tuple[Manifest, dict[str, np.ndarray]]:
+        """The named outputs for a preprocessed N×3×H×W float32 ``tensor``, or for encoded ``images``
+        (decoded and fitted by the model's manifest): the Open Inference Protocol's path."""
+        served = self._served(model, version)
+        manifest = served.manifest
+        unknown = [name for name in outputs if name not in manifest.output_names()]
+        if unknown:
+            names = ", ".join(manifest.output_names())
+            raise invalid(f"model {model!r} has no output {unknown[0]!r}; its outputs are {names}")
+        timing = {}
+        if images is not None:
+            self._check(manifest, images, None, None, None)
+            loop = asyncio.get_running_loop()
+            prepared = await loop.run_in_executor(self._pool, self._prepare, images, manifest)
+            tensor = prepared.batch
+            timing = {"decode": prepared.decode_seconds, "preprocess": prepared.preprocess_seconds}
+        else:
+            spec = manifest.input
+            expected = (3, spec.height, spec.width)
+            if tensor.ndim != 4 or tuple(tensor.shape[1:]) != expected or len(tensor) == 0:
+                raise invalid(
+                    f"input {spec.name!r} of model {model!r} must be [N, {', '.join(map(str, expected))}] "
+                    f"(N ≥ 1), got {list(tensor.shape)}"
+                )
+            if len(tensor) > self.settings.max_images_per_request:
+                limit = self.settings.max_images_per_request
+                raise invalid(f"the request has {len(tensor)} images; at most {limit} per request")
+        batch = await served.batcher.submit(tensor, outputs, deadline)
+        timing.update(queue=batch.queue_seconds, inference=batch.inference_seconds)
+        for stage, seconds in timing.items():
+            self.metrics.stage_seconds.labels(model, stage).observe(seconds)
+        return manifest, batch.outputs
+
+    def _served(self, model: str, version: int):
+        if self.shutting_down:
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica"
+            )
+        return self.registry.get(model, version)
 
     def _check(self, manifest: Manifest, images, top_k, score_threshold, max_detections) -> None:
         if not images:

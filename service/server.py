@@ -10,15 +10,18 @@ has received get ``grace_period_s`` to finish before the process exits 0.
 import asyncio
 import logging
 import signal
+from importlib.metadata import version
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from attnserve.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from attnserve.v1 import vision_pb2, vision_pb2_grpc
 from service.batching import Batcher
 from service.dataplane import DataPlane
+from service.grpc.inference_v2 import InferenceServicer
 from service.grpc.vision import VisionServicer
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedModel, load_repository
@@ -26,6 +29,7 @@ from service.settings import Settings
 
 log = logging.getLogger("attnserve")
 VISION_SERVICE = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
+INFERENCE_SERVICE = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -49,13 +53,21 @@ async def serve(settings: Settings) -> int:
     dataplane = DataPlane(settings, registry, metrics)
     server = grpc.aio.server(options=grpc_options(settings))
     vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(dataplane, registry, metrics), server)
+    grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(dataplane, registry, metrics, version("attnserve")), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [VISION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            VISION_SERVICE,
+            INFERENCE_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],  # fmt: skip
         server,
     )
-    for name in ("", VISION_SERVICE):
+    for name in ("", VISION_SERVICE, INFERENCE_SERVICE):
         await health_servicer.set(name, NOT_SERVING)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     metrics_server = metrics.serve(settings.metrics_host, settings.metrics_port)
@@ -82,7 +94,8 @@ async def serve(settings: Settings) -> int:
     await asyncio.wait([loading, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     if loading.done() and not stop.is_set():
         loading.result()
-        for name in ("", VISION_SERVICE):
+        dataplane.ready = True
+        for name in ("", VISION_SERVICE, INFERENCE_SERVICE):
             await health_servicer.set(name, SERVING)
         failed = f"; not loaded: {registry.failed}" if registry.failed else ""
         log.info("ready: %d model versions (%s)%s", len(registry.all()), ", ".join(registry.names()), failed)

@@ -210,16 +210,22 @@ def test_settings_precedence_file_then_environment_then_flags(tmp_path):
         load(parser.parse_args(["--max-batch-size", "0"]), environ={})
 
 
-def test_generated_grpc_code_is_fresh():
+GENERATED = {
+    "protos/attnserve/v1/vision.proto": "attnserve/v1/vision",
+    "protos/attnserve/inference/v2/grpc_predict_v2.proto": "attnserve/inference/v2/grpc_predict_v2",
+}
+
+
+@pytest.mark.parametrize("proto", GENERATED)
+def test_generated_grpc_code_is_fresh(proto):
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", "protos", f"--python_out={out}",
-                        f"--pyi_out={out}", f"--grpc_python_out={out}", "protos/attnserve/v1/vision.proto"],
-                       cwd=ROOT, check=True)  # fmt: skip
-        for name in ("vision_pb2.py", "vision_pb2.pyi", "vision_pb2_grpc.py"):
-            fresh = (Path(out) / "attnserve" / "v1" / name).read_text()
-            assert fresh == (ROOT / "attnserve" / "v1" / name).read_text(), (
-                f"{name} is stale: run make protos"
-            )
+        protoc = [sys.executable, "-m", "grpc_tools.protoc", "-I", "protos"]
+        outputs = [f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}"]
+        subprocess.run([*protoc, *outputs, proto], cwd=ROOT, check=True)
+        for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
+            generated = GENERATED[proto] + suffix
+            fresh = (Path(out) / generated).read_text()
+            assert fresh == (ROOT / generated).read_text(), f"{generated} is stale: run make protos"
 
 
 def test_predict_prints_the_class_and_writes_overlays(server, tmp_path):

@@ -1,22 +1,14 @@
 """The attnserve.v1 VisionService: proto messages in and out; the work is the data plane's."""
 
-import asyncio
-import logging
-import time
-import uuid
-
-import grpc
-
 from attnserve.manifest import CLASSIFICATION, DETECTION
 from attnserve.v1 import vision_pb2 as pb
 from attnserve.v1 import vision_pb2_grpc
 from service import maps
 from service.dataplane import DataPlane, ImageInput, MapRequest, Prediction
 from service.errors import ServiceError, invalid
+from service.grpc.calls import observed
 from service.metrics import Metrics
 from service.registry import ModelRegistry
-
-log = logging.getLogger(__name__)
 
 ENCODINGS = {
     pb.MAP_ENCODING_UNSPECIFIED: maps.FLOAT16,
@@ -141,32 +133,14 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         return pb.DetectResponse(results=results, **_common(prediction))
 
     async def _call(self, method: str, request, context, handler):
-        """Metrics, deadline and error translation around one request."""
-        model = request.model if request.model in self.registry.names() else "unknown"  # bounded labels
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None else None
-        started = time.perf_counter()
-        self.metrics.in_flight.labels(method).inc()
-        code, message = grpc.StatusCode.OK, ""
-        try:
-            return await handler(request, deadline)
-        except ServiceError as exc:
-            code, message = exc.code, exc.message
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception:
-            request_id = uuid.uuid4().hex[:16]
-            log.exception("internal error in %s (request id %s)", method, request_id)
-            code, message = (
-                grpc.StatusCode.INTERNAL,
-                f"internal error (request id {request_id}; see the server log)",
-            )
-        finally:
-            self.metrics.in_flight.labels(method).dec()
-            self.metrics.requests.labels(model, method, code.name).inc()
-            self.metrics.request_seconds.labels(model, method).observe(time.perf_counter() - started)
-        await context.abort(code, message)
+        return await observed(
+            self.metrics,
+            self.registry,
+            method,
+            request.model,
+            context,
+            lambda deadline: handler(request, deadline),
+        )
 
 
 def images_of(request) -> list[ImageInput]:

@@ -1,0 +1,60 @@
+"""What every RPC of every front-end does around its work: deadline, in-flight gauge, request counter
+and latency histogram, and turning errors into status codes (no stack traces to clients)."""
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def observed(
+    metrics: Metrics,
+    registry: ModelRegistry,
+    method: str,
+    model: str,
+    context: grpc.aio.ServicerContext,
+    work: Callable[[float | None], Awaitable[T]],
+) -> T:
+    """``await work(deadline)``, counted and timed; a failure aborts the call with its status."""
+    code, value = await outcome(metrics, registry, method, model, context, work)
+    if code is not None:
+        await context.abort(code, value)
+    return value
+
+
+async def outcome(metrics, registry, method, model, context, work) -> tuple[grpc.StatusCode | None, object]:
+    """(None, result) or (status code, message), with the metrics recorded either way."""
+    label = model if model in registry.names() else "unknown"  # clients cannot grow the label set
+    remaining = context.time_remaining()
+    deadline = time.monotonic() + remaining if remaining is not None else None
+    started = time.perf_counter()
+    metrics.in_flight.labels(method).inc()
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    try:
+        return None, await work(deadline)
+    except ServiceError as exc:
+        code = exc.code
+        return code, exc.message
+    except asyncio.CancelledError:
+        code = grpc.StatusCode.CANCELLED
+        raise
+    except Exception:
+        request_id = uuid.uuid4().hex[:16]
+        log.exception("internal error in %s (request id %s)", method, request_id)
+        code = grpc.StatusCode.INTERNAL
+        return code, f"internal error (request id {request_id}; see the server log)"
+    finally:
+        metrics.in_flight.labels(method).dec()
+        metrics.requests.labels(label, method, code.name).inc()
+        metrics.request_seconds.labels(label, method).observe(time.perf_counter() - started)
