@@ -39,6 +39,9 @@ def write_version(
     model_dir.mkdir(parents=True, exist_ok=True)
     target = model_dir / str(version)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.staging-", dir=model_dir))
+    # mkdtemp makes the folder private (0700): give it a normal folder's mode, so a server running as
+    # another user (the container's uid 10001) can read the version
+    os.chmod(staging, 0o777 & ~_umask())
     try:
         _write_synced(staging / MODEL_FILE, model)
         _write_synced(staging / MANIFEST_FILE, manifest_json.encode())
@@ -52,6 +55,12 @@ def write_version(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -54,6 +54,7 @@ class Batcher:
         self.metrics = metrics
         self.label = f"{model.manifest.name}/{model.manifest.version}"
         self._metric_labels = (model.manifest.name, str(model.manifest.version))
+        metrics.queue_capacity.labels(*self._metric_labels).set(max_queue_images)
         self._queue: collections.deque[_Job] = collections.deque()
         self._queued_images = 0
         self._arrived: asyncio.Event | None = None

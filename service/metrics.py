@@ -35,6 +35,14 @@ class Metrics:
         self.queue_depth = Gauge(
             "attnserve_queue_depth", "Images waiting for inference.", ["model", "version"], registry=r
         )
+        self.queue_capacity = Gauge(
+            "attnserve_queue_capacity", "Images that may wait for inference before requests are refused.",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
+        self.model_ready = Gauge(
+            "attnserve_model_ready", "1 for a model version serving, 0 for one that failed to load.",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
         self.in_flight = Gauge(
             "attnserve_in_flight_requests", "Requests being handled now.", ["method"], registry=r
         )

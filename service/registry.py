@@ -4,7 +4,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from attnserve.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
+from attnserve.manifest import Manifest
 from service.batching import Batcher
 from service.errors import not_found
 from service.runtime import OnnxModel
@@ -55,16 +55,17 @@ class ModelRegistry:
 
 
 def version_dirs(repository: Path) -> list[Path]:
-    """Every NAME/VERSION folder holding a model and its manifest (hidden staging folders are skipped)."""
+    """Every NAME/VERSION folder (hidden staging folders skipped); whether it loads is found out later."""
     found = []
     for model_dir in sorted(
         p for p in Path(repository).iterdir() if p.is_dir() and not p.name.startswith(".")
     ):
-        for version_dir in sorted(
-            (p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
-        ):
-            if (version_dir / MODEL_FILE).is_file() and (version_dir / MANIFEST_FILE).is_file():
-                found.append(version_dir)
+        try:
+            versions = [p for p in model_dir.iterdir() if p.name.isdigit()]
+        except OSError as exc:
+            log.error("model %s not loaded: %s", model_dir.name, exc)
+            continue
+        found += sorted(versions, key=lambda p: int(p.name))
     return found
 
 

@@ -84,6 +84,7 @@ async def serve(settings: Settings) -> int:
         m = served.manifest
         metrics.load_seconds.labels(m.name, str(m.version)).set(served.model.load_seconds)
         metrics.model_info.labels(m.name, str(m.version), m.task, served.model.provider, m.precision).set(1)
+        metrics.model_ready.labels(m.name, str(m.version)).set(1)
         asyncio.run_coroutine_threadsafe(health_servicer.set(m.name, SERVING), loop)
 
     def batcher(model) -> Batcher:
@@ -92,8 +93,14 @@ async def serve(settings: Settings) -> int:
 
     loading = asyncio.create_task(asyncio.to_thread(load_repository, settings, registry, batcher, loaded))
     await asyncio.wait([loading, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if loading.done() and loading.exception() is not None:
+        log.error("could not load the model repository: %s", loading.exception())
+        await server.stop(0)
+        metrics_server.shutdown()
+        return 1
     if loading.done() and not stop.is_set():
-        loading.result()
+        for key in registry.failed:  # NAME/VERSION that did not load: alerting sees a 0
+            metrics.model_ready.labels(*key.split("/")).set(0)
         dataplane.ready = True
         for name in ("", VISION_SERVICE, INFERENCE_SERVICE):
             await health_servicer.set(name, SERVING)

@@ -3,6 +3,8 @@ against PyTorch on fresh images."""
 
 import hashlib
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +52,9 @@ def test_demo_export_writes_each_model_with_a_manifest(demo_repo):
         batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
         assert batch.dim_param and not batch.HasField("dim_value")
         assert not any(demo_repo.glob(f"{name}/.*")), "no staging folders left behind"
+        umask = os.umask(0)
+        os.umask(umask)
+        assert stat.S_IMODE(version.stat().st_mode) == 0o777 & ~umask, "readable by a server of another uid"
 
 
 @pytest.mark.parametrize("name", ["cbam_classifier", "eca_classifier"])

@@ -275,3 +275,23 @@ def test_every_setting_is_documented():
     for f in dataclasses.fields(Settings):
         row = f"| `{f.name}` | `--{f.name.replace('_', '-')}` | `ATTNSERVE_{f.name.upper()}` |"
         assert row in doc, f.name
+
+
+def test_a_model_that_fails_to_load_is_left_out_and_reported(demo_repository, tmp_path):
+    repository = tmp_path / "repository"
+    shutil.copytree(demo_repository / "eca_classifier", repository / "eca_classifier")
+    broken = repository / "broken" / "1"
+    shutil.copytree(demo_repository / "eca_classifier" / "1", broken)
+    (broken / "model.onnx").write_bytes(b"not an onnx model")
+    server = start_server(repository, tmp_path / "log")
+    try:
+        assert metric(server, "attnserve_model_ready", 'model="broken"') == 0
+        assert metric(server, "attnserve_model_ready", 'model="eca_classifier"') == 1
+        with VisionClient(server.target) as client:
+            assert [m.name for m in client.list_models().models] == ["eca_classifier"]
+            assert client.classify(
+                [jpeg(classification_scene(7006, 0, size=96).image)], "eca_classifier"
+            ).results
+        assert "model broken/1 not loaded" in server.log()
+    finally:
+        assert server.stop() == 0

@@ -1,0 +1,57 @@
+# attnserve serving image: ONNX Runtime and the server, no torch. Build (see docs/deploy.md):
+#   docker build -t attnserve .                                 CPU; mount a model repository at /models
+#   docker build --build-arg DEMO_MODELS=1 -t attnserve:demo .  the demo models exported and baked in
+#   docker build --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
+#                --build-arg ONNXRUNTIME=onnxruntime-gpu -t attnserve:gpu .
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+ARG DEMO_MODELS=0
+
+FROM ${BASE_IMAGE} AS python
+# CUDA base images carry no Python: take the distribution's (3.11 or later)
+# hadolint ignore=DL3008
+RUN if ! python3 -m venv --help >/dev/null 2>&1; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends python3 python3-venv \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+
+FROM python AS build
+ARG ONNXRUNTIME=onnxruntime
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY attnserve attnserve
+COPY export export
+COPY models models
+COPY service service
+# hadolint ignore=DL3013
+RUN python3 -m venv /opt/attnserve \
+    && /opt/attnserve/bin/pip install --no-cache-dir . \
+    && if [ "$ONNXRUNTIME" != "onnxruntime" ]; then \
+        /opt/attnserve/bin/pip uninstall -y onnxruntime \
+        && /opt/attnserve/bin/pip install --no-cache-dir "$ONNXRUNTIME"; \
+    fi
+
+# The model repository baked into the image: empty by default (mount yours at /models); with
+# DEMO_MODELS=1 the shipped demo models, exported here with torch (CPU wheels), which stays in this stage
+FROM build AS models
+ARG DEMO_MODELS
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# hadolint ignore=DL3013
+RUN mkdir -p /models \
+    && if [ "$DEMO_MODELS" = "1" ]; then \
+        /opt/attnserve/bin/pip install --no-cache-dir --extra-index-url "$TORCH_INDEX" ".[export]" \
+        && /opt/attnserve/bin/attnserve export --demo --repository /models --no-progress; \
+    fi
+
+FROM python AS runtime
+COPY --from=build /opt/attnserve /opt/attnserve
+COPY --from=models /models /models
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin attnserve
+USER 10001
+ENV PATH=/opt/attnserve/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    ATTNSERVE_REPOSITORY=/models
+# gRPC (vision API, Open Inference Protocol, health, reflection) and Prometheus metrics
+EXPOSE 50051 9090
+ENTRYPOINT ["attnserve", "serve"]

@@ -1,0 +1,170 @@
+"""The deployment, checked offline: hadolint on the Dockerfile, every kustomize overlay rendered and
+validated against Kubernetes' own schemas, Prometheus rules checked and unit-tested by promtool, and the
+dashboard's queries checked against the metric names a live server exports."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parent.parent
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent
+# Custom resources: no built-in schema. Checked here by name, never validated silently.
+CUSTOM_RESOURCES = {"ServiceMonitor", "InferenceService"}
+KUBERNETES_VERSION = "1.37.0"
+
+
+def render(overlay: str) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (with kustomize) is needed to render deploy/k8s"
+    out = subprocess.run([kubectl, "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def validate(objects: list[dict], tmp_path: Path) -> subprocess.CompletedProcess:
+    files = []
+    for i, obj in enumerate(objects):
+        files.append(tmp_path / f"{i}-{obj['kind']}.yaml")
+        files[-1].write_text(yaml.safe_dump(obj))
+    command = [str(BIN / "kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSION, *map(str, files)]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def test_dockerfile_passes_hadolint():
+    result = subprocess.run([str(BIN / "hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_overlay_renders_and_validates_strictly(overlay, tmp_path):
+    objects = render(overlay)
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == sorted(["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
+                            "PodDisruptionBudget", "Service", "Service", "ServiceMonitor"])  # fmt: skip
+    custom = [o for o in objects if o["kind"] in CUSTOM_RESOURCES]
+    assert [o["kind"] for o in custom] == ["ServiceMonitor"]
+    builtin = [o for o in objects if o["kind"] not in CUSTOM_RESOURCES]
+    result = validate(builtin, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("passed for resource") == len(builtin)
+
+
+def test_strict_validation_rejects_a_misspelled_field(tmp_path):
+    """The check above can fail: a typo in a probe is caught."""
+    deployment = next(o for o in render("cpu") if o["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["periodSecond"] = 5
+    result = validate([deployment], tmp_path)
+    assert result.returncode != 0 and "periodSecond" in result.stdout + result.stderr
+
+
+def test_deployment_probes_security_and_drain_fit_the_server():
+    objects = render("cpu")
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = next(c for c in pod["containers"] if c["name"] == "attnserve")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == 50051, probe
+    assert (
+        pod["securityContext"]["runAsNonRoot"]
+        and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    )
+    for c in [*pod["containers"], *pod["initContainers"]]:
+        sc = c["securityContext"]
+        assert (
+            sc["readOnlyRootFilesystem"]
+            and not sc["allowPrivilegeEscalation"]
+            and sc["capabilities"]["drop"] == ["ALL"]
+        )
+    threads = {
+        e["name"]: e["valueFrom"]["resourceFieldRef"]["resource"]
+        for e in container["env"]
+        if "valueFrom" in e
+    }
+    assert threads["ATTNSERVE_INTRA_OP_THREADS"] == "limits.cpu"
+    config_map = next(o for o in objects if o["kind"] == "ConfigMap")
+    settings = tomllib.loads(config_map["data"]["attnserve.toml"])
+    drain = (
+        container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        + settings["shutdown_delay_s"]
+        + settings["grace_period_s"]
+    )
+    assert pod["terminationGracePeriodSeconds"] > drain, "the kubelet must not kill the server mid-drain"
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    grpc_service = next(
+        o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "attnserve-grpc"
+    )
+    assert grpc_service["spec"]["clusterIP"] == "None", "headless, so clients balance per call"
+
+
+def test_gpu_overlay_asks_for_a_gpu_node():
+    deployment = next(o for o in render("gpu") if o["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = next(c for c in pod["containers"] if c["name"] == "attnserve")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"name": "ATTNSERVE_PROVIDER", "value": "cuda"} in container["env"]
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu" and pod["nodeSelector"]
+    assert container["image"].endswith("-gpu")
+
+
+def test_kserve_example_and_adapter_rules(tmp_path):
+    service = yaml.safe_load((DEPLOY / "k8s" / "kserve" / "inferenceservice.yaml").read_text())
+    assert service["kind"] in CUSTOM_RESOURCES and service["apiVersion"] == "serving.kserve.io/v1beta1"
+    # its predictor is a pod spec: validate that part against the Pod schema
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"},
+           "spec": {"containers": service["spec"]["predictor"]["containers"]}}  # fmt: skip
+    adapter = yaml.safe_load((DEPLOY / "k8s" / "prometheus-adapter" / "config.yaml").read_text())
+    result = validate([pod, adapter], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rules = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
+    hpa = next(o for o in render("cpu") if o["kind"] == "HorizontalPodAutoscaler")
+    custom_metric = next(m for m in hpa["spec"]["metrics"] if m["type"] == "Pods")["pods"]["metric"]["name"]
+    assert custom_metric in {r["name"]["as"] for r in rules}
+
+
+def test_prometheus_rules_check_and_unit_tests():
+    promtool = shutil.which("promtool")
+    assert promtool, "make test installs Debian's prometheus package (promtool)"
+    for command in (["check", "rules", "rules.yml"], ["test", "rules", "rules_test.yml"]):
+        result = subprocess.run(
+            [promtool, *command], cwd=DEPLOY / "prometheus", capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def exported_names(server) -> set[str]:
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE attnserve_"):
+            _, _, name, kind = line.split()
+            base = name.removesuffix("_total")  # counters' TYPE line may carry the suffix or not
+            names |= {"histogram": {f"{name}_bucket", f"{name}_sum", f"{name}_count"},
+                      "counter": {f"{base}_total"}}.get(kind, {name})  # fmt: skip
+    return names
+
+
+def test_dashboard_and_rules_use_only_metrics_the_server_exports(server):
+    exported = exported_names(server)
+    assert {"attnserve_requests_total", "attnserve_stage_duration_seconds_bucket"} <= exported
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    rule_exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    dashboard = json.loads((DEPLOY / "grafana" / "attnserve-dashboard.json").read_text())
+    panel_exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    panel_exprs.append(dashboard["templating"]["list"][1]["query"])
+    used = set()
+    for expr in rule_exprs + panel_exprs:
+        used |= set(re.findall(r"\battnserve(?::[a-z0-9_]+)+|\battnserve_[a-z0-9_]+", expr))
+    raw = {n for n in used if ":" not in n}
+    assert raw <= exported, f"not exported by the server: {sorted(raw - exported)}"
+    assert used - raw <= recorded, f"no recording rule for: {sorted(used - raw - recorded)}"
+    assert any("stage" in e for e in panel_exprs) and any("batch_size" in e for e in panel_exprs)
