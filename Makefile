@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format train evaluate clean protos prometheus
+.PHONY: install run test lint format train evaluate clean protos prometheus bench bench-quick
 
 install: $(STAMP)
 
@@ -62,6 +62,14 @@ clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 
 PROTOS := protos/attnserve/v1/vision.proto protos/attnserve/inference/v2/grpc_predict_v2.proto
+
+# Benchmarks (docs/benchmarks.md): everything, with the peer server and the CBAM-ResNet-50; or a quick
+# run of the demo classifier (a few minutes). Results in bench/results/; `bench` rewrites the docs table.
+bench: install
+	$(PY) -m bench --docs docs/benchmarks.md
+
+bench-quick: install
+	$(PY) -m bench --quick
 
 # Regenerate the gRPC code in attnserve/ from protos/ (a test fails when it is stale).
 protos: install

@@ -17,14 +17,14 @@ from export.errors import ExportError
 from export.exporters import EXPORTERS, MIN_OPSET
 from export.pipeline import ATTENTION_MODES, ExportRequest, demo_requests, export_model
 from export.repository import versions
-from models.zoo import DEMO_MODELS
+from models.zoo import ARCH_PRESETS
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attnserve export", description=__doc__.splitlines()[0])
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     what = p.add_argument_group("what to export (one of)")
-    what.add_argument("--arch", help=f"one of our architectures: {', '.join(DEMO_MODELS)}")
+    what.add_argument("--arch", help=f"one of our architectures: {', '.join(ARCH_PRESETS)}")
     what.add_argument(
         "--factory", metavar="MODULE:CALLABLE", help="import MODULE, call CALLABLE to build the model"
     )

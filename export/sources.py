@@ -35,12 +35,12 @@ class SourceModel:
 def from_arch(name: str, checkpoint: Path | None) -> SourceModel:
     """One of our architectures (models.zoo), with a checkpoint's weights, the shipped demo weights, or
     random weights when neither exists."""
-    if name not in zoo.DEMO_MODELS:
+    if name not in zoo.ARCH_PRESETS:
         raise ExportError(
-            f"unknown architecture {name!r}. Choose one of: {', '.join(sorted(zoo.DEMO_MODELS))}; "
+            f"unknown architecture {name!r}. Choose one of: {', '.join(sorted(zoo.ARCH_PRESETS))}; "
             "or export your own model with --factory MODULE:CALLABLE."
         )
-    config = zoo.DEMO_MODELS[name]
+    config = zoo.ARCH_PRESETS[name]
     shipped = zoo.demo_checkpoint(name)
     path = checkpoint or (shipped if shipped.exists() else None)
     labels = list(CLASS_NAMES)

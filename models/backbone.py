@@ -53,7 +53,8 @@ class ResidualBlock(nn.Module):
 
 
 class ResNetBackbone(nn.Module):
-    """A stride-2 stem and four stages at strides 2, 4, 8, 16; returns every stage's features."""
+    """A stride-2 stem and four stages at strides 2, 4, 8, 16 (4, 8, 16, 32 with ``stem_pool``, ResNet-50's
+    layout); returns every stage's features."""
 
     STAGE_STRIDES = (1, 2, 2, 2)
     # the input normalisation applied inside forward(), per RGB channel; exporters record it
@@ -67,15 +68,21 @@ class ResNetBackbone(nn.Module):
         attn: str | None = None,
         bottleneck: bool = False,
         attn_stages: tuple[int, ...] = (1, 2, 3, 4),
+        stem_width: int | None = None,
+        stem_pool: bool = False,
     ) -> None:
         super().__init__()
-        self.stem = conv_bn_relu(3, widths[0], 3, stride=2)
+        stem_width = stem_width or widths[0]
+        if stem_pool:  # ResNet's 7×7 stride-2 convolution and 3×3 stride-2 max-pool: stride 4
+            self.stem = nn.Sequential(conv_bn_relu(3, stem_width, 7, stride=2), nn.MaxPool2d(3, 2, padding=1))
+        else:
+            self.stem = conv_bn_relu(3, stem_width, 3, stride=2)
         self.blocks = nn.ModuleList()
         self.map_specs: list[OutputSpec] = []
         self.block_map_prefixes: list[str] = []
         self.stage_ends: set[int] = set()  # index of each stage's last block: its output is a feature map
         self.stage_strides: list[int] = []
-        stride, in_ch = 2, widths[0]
+        stride, in_ch = (4 if stem_pool else 2), stem_width
         for stage, (width, depth, s) in enumerate(zip(widths, depths, self.STAGE_STRIDES, strict=True), 1):
             stride *= s
             self.stage_strides.append(stride)

@@ -21,10 +21,14 @@ class AttentionClassifier(nn.Module):
         widths: tuple[int, ...] = (24, 48, 96, 192),
         depths: tuple[int, ...] = (1, 1, 1, 1),
         bottleneck: bool = False,
+        stem_width: int | None = None,
+        stem_pool: bool = False,
     ) -> None:
         super().__init__()
         self.class_names = tuple(class_names)
-        self.backbone = ResNetBackbone(widths, depths, attn, bottleneck)
+        self.backbone = ResNetBackbone(
+            widths, depths, attn, bottleneck, stem_width=stem_width, stem_pool=stem_pool
+        )
         self.head = nn.Linear(widths[-1], len(class_names))
         self.output_specs = [
             OutputSpec("logits", PREDICTION),

@@ -23,6 +23,23 @@ DEMO_MODELS: dict[str, dict] = {
 }
 
 
+# Every architecture `attnserve export --arch` knows: the demo models, and larger ones with random
+# weights for benchmarks (a production-size CBAM-ResNet-50: ResNet-50's stem and 3-4-6-3 bottlenecks).
+ARCH_PRESETS: dict[str, dict] = {
+    **DEMO_MODELS,
+    "cbam_resnet50": {
+        "arch": "classifier",
+        "attn": "cbam",
+        "input_size": 224,
+        "widths": (256, 512, 1024, 2048),
+        "depths": (3, 4, 6, 3),
+        "bottleneck": True,
+        "stem_width": 64,
+        "stem_pool": True,
+    },
+}
+
+
 def build_model(config: dict, class_names: tuple[str, ...]) -> nn.Module:
     kwargs = {k: v for k, v in config.items() if k not in ("arch", "input_size")}
     try:

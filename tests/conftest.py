@@ -1,19 +1,11 @@
 """Shared fixtures: the demo models exported once per session, and real servers on loopback."""
 
-import re
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from export.cli import main as export_main
-
-READY = re.compile(r"gRPC on [\d.]+:(\d+), metrics on http://[\d.]+:(\d+)/metrics")
+from service.process import start_server
 
 
 @pytest.fixture(scope="session")
@@ -21,59 +13,6 @@ def demo_repository(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("demo_repository")
     assert export_main(["--demo", "--repository", str(repo), "--no-progress"]) == 0
     return repo
-
-
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen
-    port: int
-    metrics_port: int
-    log_path: Path
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def health(self, service: str = "") -> int:
-        with grpc.insecure_channel(self.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-        return self.process.wait(timeout)
-
-
-def start_server(repository: Path, log_path: Path, *args: str, timeout: float = 60) -> ServerProcess:
-    """``attnserve serve`` on free loopback ports; returns once health says SERVING."""
-    command = [str(Path(sys.executable).with_name("attnserve")), "serve", "--repository", str(repository),
-               "--host", "127.0.0.1", "--port", "0", "--metrics-host", "127.0.0.1", "--metrics-port", "0",
-               "--intra-op-threads", "1", *args]  # fmt: skip
-    log = open(log_path, "w")  # noqa: SIM115 - the process writes it for its whole life
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-        match = READY.search(log_path.read_text())
-        if match:
-            server = ServerProcess(process, int(match.group(1)), int(match.group(2)), log_path)
-            try:
-                if server.health() == health_pb2.HealthCheckResponse.SERVING:
-                    return server
-            except grpc.RpcError:
-                pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"server not ready in {timeout} s:\n{log_path.read_text()}")
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
@@ -29,6 +28,7 @@ from service.batching import Batcher
 from service.client import AsyncVisionClient, VisionClient
 from service.errors import ServiceError
 from service.metrics import Metrics
+from service.process import start_server
 from service.runtime import OnnxModel
 from service.settings import Settings, add_arguments, load
 

@@ -1,0 +1,2 @@
+"""Benchmarks: attnserve against raw ONNX Runtime, PyTorch eager and a peer server, in one run
+(``python -m bench``, ``make bench``, ``make bench-quick``)."""

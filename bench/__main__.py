@@ -1,0 +1,242 @@
+"""One benchmark run, on one machine, with one thread setting: the limit (ONNX Runtime ``session.run``),
+PyTorch eager, attnserve end to end (vision API: JPEGs at the model's size and at 1080p, with and without
+maps, batching on and off; Open Inference Protocol with tensors) and the peer (MLServer with adaptive
+batching, same tensors). Prints and writes the ratios as JSON and markdown.
+
+    python -m bench --quick                       # the demo classifier, no peer: a few minutes
+    python -m bench --docs docs/benchmarks.md     # everything, and the table into the docs
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import grpc
+
+from bench import limits, report
+from bench.loadgen import run_load
+from bench.peer import start_mlserver
+from bench.workloads import ImageSet, TensorCalls, VisionCalls, image_set
+from export.cli import main as export_main
+from service.client import AsyncVisionClient
+from service.process import start_server
+
+PROFILES = {
+    "quick": dict(
+        models=["cbam_classifier"],
+        concurrencies=[1, 4, 16],
+        requests=400,
+        seconds=5.0,
+        batches=[1, 4, 16],
+        batch_seconds=1.0,
+        peer=False,
+        int8=False,
+    ),
+    "full": dict(
+        models=["cbam_classifier", "cbam_resnet50"],
+        concurrencies=[1, 4, 16, 64],
+        requests=4000,
+        seconds=20.0,
+        batches=[1, 2, 4, 8, 16, 32],
+        batch_seconds=3.0,
+        peer=True,
+        int8=True,
+    ),
+}
+COMPARE_AT = report.COMPARE_AT  # the concurrency at which variants and the peer are compared
+MAX_BATCH = 16
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the demo classifier only, short loads, no peer")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every contender")
+    parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--work", type=Path, default=Path(".bench"), help="exported models, peer venv, logs")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--docs", type=Path, help="also write the markdown table here")
+    args = parser.parse_args(argv)
+    profile = PROFILES["quick" if args.quick else "full"]
+    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = {
+        "command": command.strip(),
+        "profile": "quick" if args.quick else "full",
+        "machine": machine(),
+        "threads": args.threads,
+        "provider": args.provider,
+        "versions": versions(),
+        "models": {},
+    }
+    started = time.time()
+    for name in profile["models"]:
+        results["models"][name] = bench_model(name, args, profile)
+    results["seconds"] = round(time.time() - started, 1)
+    results["ratios"] = {name: report.ratios(r) for name, r in results["models"].items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(results, indent=2))
+    table = report.markdown(results)
+    (args.out / "latest.md").write_text(table)
+    if args.docs:
+        args.docs.write_text(report.document(results, table))
+    print(table)
+    return 0
+
+
+def bench_model(name: str, args, profile: dict) -> dict:
+    repository = args.work / "repository"
+    export(name, repository)
+    version_dir = repository / name / "1"
+    log(f"{name}: images")
+    images = image_set(version_dir, 32)
+    photos = image_set(version_dir, 8, size=(1920, 1080), seed=9200)
+    out: dict = {}
+    log(f"{name}: ONNX Runtime session.run (the limit)")
+    out["limit"] = limits.onnx_limit(
+        version_dir, images.tensors, args.threads, profile["batches"], profile["batch_seconds"], args.provider
+    )
+    log(f"{name}: PyTorch eager")
+    out["eager"] = limits.torch_eager(
+        name, images.tensors, args.threads, profile["batches"], profile["batch_seconds"]
+    )
+    server_args = [
+        "--intra-op-threads",
+        str(args.threads),
+        "--decode-threads",
+        str(args.threads),
+        "--provider",
+        args.provider,
+        "--max-queue-size",
+        "4096",
+    ]
+    load = dict(max_requests=profile["requests"], max_seconds=profile["seconds"])
+    work = args.work / "logs"
+    work.mkdir(parents=True, exist_ok=True)
+
+    server = start_server(
+        repository,
+        work / f"{name}-batching.log",
+        *server_args,
+        "--max-batch-size",
+        str(MAX_BATCH),
+        "--max-queue-delay-ms",
+        "2",
+    )
+    try:
+        log(f"{name}: attnserve, JPEGs at the model's size, concurrency {profile['concurrencies']}")
+        out["attnserve"] = {
+            c: vision(server.target, name, images, False, c, load) for c in profile["concurrencies"]
+        }
+        log(f"{name}: attnserve variants at concurrency {COMPARE_AT}")
+        out["attnserve_maps"] = vision(server.target, name, images, True, COMPARE_AT, load)
+        out["attnserve_1080p"] = vision(server.target, name, photos, False, COMPARE_AT, load)
+        out["attnserve_v2_tensors"] = tensors(server.target, name, images, COMPARE_AT, load)
+    finally:
+        server.stop()
+    server = start_server(repository, work / f"{name}-no-batching.log", *server_args, "--max-batch-size", "1")
+    try:
+        out["attnserve_no_batching"] = vision(server.target, name, images, False, COMPARE_AT, load)
+    finally:
+        server.stop()
+    if profile["peer"]:
+        log(f"{name}: MLServer (adaptive batching) with the same tensors")
+        peer = start_mlserver(
+            args.work / "mlserver-venv",
+            work,
+            name,
+            (version_dir / "model.onnx").resolve(),
+            args.threads,
+            MAX_BATCH,
+            0.002,
+        )
+        try:
+            out["mlserver_v2_tensors"] = tensors(peer.target, name, images, COMPARE_AT, load)
+        finally:
+            peer.stop()
+    if profile["int8"]:
+        log(f"{name}: int8")
+        export(name, repository, precision="int8")
+        int8_dir = repository / f"{name}_int8" / "1"
+        out["limit_int8"] = limits.onnx_limit(
+            int8_dir,
+            images.tensors,
+            args.threads,
+            profile["batches"],
+            profile["batch_seconds"],
+            args.provider,
+        )
+        manifest = json.loads((int8_dir / "manifest.json").read_text())
+        out["int8_top1_agreement"] = manifest["verification"]["int8_vs_fp32"]["top1_agreement"]
+    return out
+
+
+def export(name: str, repository: Path, precision: str = "fp32") -> None:
+    target = name if precision == "fp32" else f"{name}_{precision}"
+    if not (repository / target / "1").is_dir():
+        log(f"{target}: exporting")
+        extra = [] if precision == "fp32" else ["--precision", precision, "--name", target]
+        code = export_main(
+            ["--arch", name, "--repository", str(repository), "--version", "1", "--no-progress", *extra]
+        )
+        if code:
+            raise SystemExit(f"could not export {target}")
+
+
+def vision(target: str, model: str, images: ImageSet, maps: bool, concurrency: int, load: dict) -> dict:
+    async def go():
+        async with AsyncVisionClient(target, timeout=120) as client:
+            calls = VisionCalls(client, model, images, maps)
+            return await run_load(calls, concurrency, check=calls.check, **load)
+
+    return _finished(asyncio.run(go()))
+
+
+def tensors(target: str, model: str, images: ImageSet, concurrency: int, load: dict) -> dict:
+    async def go():
+        size = 64 * 1024 * 1024
+        options = [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
+        async with grpc.aio.insecure_channel(target, options=options) as channel:
+            calls = TensorCalls(channel, model, images)
+            return await run_load(calls, concurrency, check=calls.check, **load)
+
+    return _finished(asyncio.run(go()))
+
+
+def _finished(result) -> dict:
+    summary = result.summary()
+    if result.errors:
+        summary["error_examples"] = result.error_examples
+    s = summary
+    speed = f"{s['throughput_images_per_s']} img/s, p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms"
+    log(f"  c={s['concurrency']}: {speed}, {s['requests']} ok, {s['errors']} errors")
+    return summary
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "system": platform.platform(),
+    }
+
+
+def versions() -> dict:
+    return {p: version(p) for p in ("attnserve", "onnxruntime", "torch", "grpcio", "numpy", "pillow")}
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

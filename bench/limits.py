@@ -1,0 +1,71 @@
+"""What a server is measured against: ONNX Runtime's ``session.run`` on preprocessed tensors (the limit)
+and PyTorch eager on the same model, with the same thread count."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from attnserve.manifest import MODEL_FILE, Manifest
+
+
+def _timed(run, batch: int, seconds: float, min_runs: int = 3) -> tuple[float, list[float]]:
+    """Images per second over back-to-back runs, and each run's seconds."""
+    run()  # warm-up: allocations, kernel selection
+    times = []
+    started = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - started < seconds:
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return batch * len(times) / sum(times), times
+
+
+def onnx_limit(
+    version_dir: Path,
+    images: np.ndarray,
+    threads: int,
+    batches: list[int],
+    seconds: float,
+    provider: str = "cpu",
+) -> dict:
+    """Best throughput of ``session.run`` over ``batches`` (predictions only), and batch-1 latency."""
+    manifest = Manifest.read(version_dir / "manifest.json")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    providers = (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+    )
+    session = ort.InferenceSession(str(version_dir / MODEL_FILE), options, providers=providers)
+    by_batch = {}
+    latency = float("nan")
+    for batch in batches:
+        x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
+        throughput, times = _timed(
+            lambda x=x: session.run(manifest.predictions, {"images": x}), batch, seconds
+        )
+        by_batch[batch] = round(throughput, 2)
+        if batch == 1:
+            latency = float(np.median(times))
+    best = max(by_batch, key=by_batch.get)
+    return {"throughput_by_batch": by_batch, "best_batch": best, "best_throughput": by_batch[best],
+            "batch1_latency_ms": round(latency * 1e3, 3), "provider": session.get_providers()[0]}  # fmt: skip
+
+
+def torch_eager(arch: str, images: np.ndarray, threads: int, batches: list[int], seconds: float) -> dict:
+    """The same architecture and weights in PyTorch eager (what a user without an export stage runs)."""
+    import torch  # only here: the rest of the harness and the server never need it
+
+    from export.sources import from_arch
+
+    torch.set_num_threads(threads)
+    model = from_arch(arch, None).module
+    by_batch = {}
+    with torch.inference_mode():
+        for batch in batches:
+            x = torch.from_numpy(np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:]))))
+            throughput, _ = _timed(lambda x=x: model(x), batch, seconds)
+            by_batch[batch] = round(throughput, 2)
+    best = max(by_batch, key=by_batch.get)
+    return {"throughput_by_batch": by_batch, "best_batch": best, "best_throughput": by_batch[best]}

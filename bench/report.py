@@ -1,0 +1,101 @@
+"""The figures the benchmark reports, as ratios measured in one run (absolute times on shared 2-core
+machines drift from run to run; ratios much less), against the goals in the benchmark issue."""
+
+import time
+
+COMPARE_AT = 16
+
+
+def ratios(r: dict) -> dict:
+    served = r["attnserve"]
+    best_c = max(served, key=lambda c: served[c]["throughput_images_per_s"])
+    at = served[COMPARE_AT]["throughput_images_per_s"]
+    out = {
+        "best_concurrency": best_c,
+        "throughput_vs_limit": served[best_c]["throughput_images_per_s"] / r["limit"]["best_throughput"],
+        "batch1_latency_over_limit_ms": served[1]["p50_ms"] - r["limit"]["batch1_latency_ms"]
+        if 1 in served
+        else None,
+        "maps_vs_no_maps": r["attnserve_maps"]["throughput_images_per_s"] / at,
+        "photos_1080p_vs_model_size": r["attnserve_1080p"]["throughput_images_per_s"] / at,
+        "batching_on_vs_off": at / r["attnserve_no_batching"]["throughput_images_per_s"],
+        "onnxruntime_vs_eager": r["limit"]["best_throughput"] / r["eager"]["best_throughput"],
+    }
+    if "mlserver_v2_tensors" in r:
+        ours, peer = r["attnserve_v2_tensors"], r["mlserver_v2_tensors"]
+        out["v2_throughput_vs_mlserver"] = ours["throughput_images_per_s"] / peer["throughput_images_per_s"]
+        out["v2_p99_vs_mlserver"] = ours["p99_ms"] / peer["p99_ms"]
+    if "limit_int8" in r:
+        out["int8_vs_fp32_throughput"] = r["limit_int8"]["best_throughput"] / r["limit"]["best_throughput"]
+        out["int8_top1_agreement"] = r["int8_top1_agreement"]
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+GOALS = [  # (key, figure, goal text, test)
+    ("throughput_vs_limit", "attnserve best throughput / ONNX Runtime limit", "≥ 0.9", lambda v: v >= 0.9),
+    (
+        "batch1_latency_over_limit_ms",
+        "attnserve batch-1 p50 at concurrency 1 − session.run (ms)",
+        "≤ 1 ms",
+        lambda v: v <= 1.0,
+    ),
+    ("maps_vs_no_maps", "with every attention map / without (throughput)", "≥ 0.95", lambda v: v >= 0.95),
+    ("photos_1080p_vs_model_size", "1080p JPEGs / model-size JPEGs", "≥ 0.8", lambda v: v >= 0.8),
+    ("v2_throughput_vs_mlserver", "attnserve / MLServer throughput, V2, c=16", "≥ 2", lambda v: v >= 2),
+    ("v2_p99_vs_mlserver", "attnserve / MLServer p99, V2 tensors, c=16", "≤ 1", lambda v: v <= 1),
+    ("onnxruntime_vs_eager", "ONNX Runtime limit / PyTorch eager (throughput)", "≥ 2", lambda v: v >= 2),
+    ("int8_vs_fp32_throughput", "int8 / fp32 limit throughput", "—", None),
+    ("int8_top1_agreement", "int8 top-1 agreement with fp32 (manifest)", "≥ 0.99", lambda v: v >= 0.99),
+    ("batching_on_vs_off", "dynamic batching on / off (throughput, c=16)", "—", None),
+]
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for name, r in results["models"].items():
+        figures = results["ratios"][name]
+        lines += [f"### {name}", "", "| figure | measured | goal | met |", "|---|---|---|---|"]
+        for key, label, goal, test in GOALS:
+            if key in figures and figures[key] is not None:
+                met = "" if test is None else ("yes" if test(figures[key]) else "**no**")
+                lines.append(f"| {label} | {figures[key]} | {goal} | {met} |")
+        lines += ["", "| contender | throughput (img/s) | p50 ms | p99 ms |", "|---|---|---|---|"]
+        lines.append(
+            f"| ONNX Runtime session.run, best batch ({r['limit']['best_batch']}) | "
+            f"{r['limit']['best_throughput']} | {r['limit']['batch1_latency_ms']} (batch 1) | |"
+        )
+        eager = r["eager"]
+        lines.append(
+            f"| PyTorch eager, best batch ({eager['best_batch']}) | {eager['best_throughput']} | | |"
+        )
+        for c, s in r["attnserve"].items():
+            lines.append(_row(f"attnserve, JPEG at model size, c={c}", s))
+        for key, label in (
+            ("attnserve_maps", "attnserve, all maps, c=16"),
+            ("attnserve_1080p", "attnserve, 1080p JPEG, c=16"),
+            ("attnserve_no_batching", "attnserve, batching off, c=16"),
+            ("attnserve_v2_tensors", "attnserve V2 tensors, c=16"),
+            ("mlserver_v2_tensors", "MLServer V2 tensors, c=16"),
+        ):
+            if key in r:
+                lines.append(_row(label, r[key]))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _row(label: str, s: dict) -> str:
+    errors = f" ({s['errors']} errors)" if s["errors"] else ""
+    return f"| {label}{errors} | {s['throughput_images_per_s']} | {s['p50_ms']} | {s['p99_ms']} |"
+
+
+def document(results: dict, table: str) -> str:
+    m = results["machine"]
+    v = ", ".join(f"{k} {x}" for k, x in results["versions"].items())
+    return (
+        "# Benchmarks\n\n"
+        f"Measured with `{results['command']}` on {time.strftime('%Y-%m-%d')}: {m['cpu']}, "
+        f"{m['cores']} cores, "
+        f"{results['threads']} threads for every contender, provider {results['provider']}; {v}. "
+        f"The run took {results['seconds']} s. Ratios come from one run on one machine; absolute figures "
+        "drift between runs on shared machines.\n\n" + table
+    )

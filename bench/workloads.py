@@ -1,0 +1,106 @@
+"""The requests a benchmark sends and how each reply is checked: generated scenes as JPEGs at the
+model's size or at 1920×1080, or as preprocessed tensors; expected answers from the exported model run
+directly in ONNX Runtime on the same pixels."""
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from attnserve.imaging import fit, to_input
+from attnserve.inference.v2 import grpc_predict_v2_pb2 as v2
+from attnserve.inference.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
+from attnserve.manifest import MODEL_FILE, Manifest
+from models.scenes import classification_scene
+from service.client import AsyncVisionClient
+from service.decoding import decode_encoded
+
+TOLERANCE = 1e-3  # batched and single inference differ in the last bits: near-ties may swap
+
+
+@dataclass
+class ImageSet:
+    jpegs: list[bytes]
+    tensors: np.ndarray  # the model's input for each image, N×3×H×W
+    probabilities: np.ndarray  # the exported model's answer for each, N×classes
+
+
+def image_set(
+    version_dir: Path, count: int, size: tuple[int, int] | None = None, seed: int = 9100
+) -> ImageSet:
+    """``count`` scenes as JPEGs (quality 90) at ``size`` (W, H; default: the model's input size)."""
+    manifest = Manifest.read(version_dir / "manifest.json")
+    spec = manifest.input
+    width, height = size or (spec.width, spec.height)
+    jpegs, fitted = [], []
+    for i in range(count):
+        scene = Image.fromarray(classification_scene(seed, i, size=min(width, height)).image)
+        buffer = io.BytesIO()
+        scene.resize((width, height)).save(buffer, "JPEG", quality=90)
+        jpegs.append(buffer.getvalue())
+        decoded = decode_encoded(jpegs[-1], i, (spec.height, spec.width), max_pixels=100_000_000)
+        fitted.append(fit(decoded.image, spec.height, spec.width, spec.resize)[0])
+    tensors = to_input(fitted)
+    session = ort.InferenceSession(str(version_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
+    (probabilities,) = session.run(["probabilities"], {"images": tensors})
+    return ImageSet(jpegs, tensors, probabilities)
+
+
+def check_top1(expected: np.ndarray, class_id: int, score: float) -> None:
+    if expected[class_id] < expected.max() - TOLERANCE or abs(expected[class_id] - score) > TOLERANCE:
+        raise AssertionError(f"top-1 {class_id} ({score:.4f}) is not the model's ({expected.argmax()})")
+
+
+class VisionCalls:
+    """Classify over the vision API, one JPEG per request, optionally with every attention map."""
+
+    def __init__(self, client: AsyncVisionClient, model: str, images: ImageSet, maps: bool) -> None:
+        self.client, self.model, self.images, self.maps = client, model, images, maps
+
+    async def __call__(self, i: int):
+        k = i % len(self.images.jpegs)
+        reply = await self.client.classify(
+            [self.images.jpegs[k]], self.model, top_k=1, select=["all"] if self.maps else []
+        )
+        return k, reply
+
+    def check(self, outcome) -> None:
+        k, reply = outcome
+        result = reply.results[0]
+        check_top1(self.images.probabilities[k], result.labels[0].class_id, result.labels[0].score)
+        if self.maps and not result.maps:
+            raise AssertionError("maps were asked for and not returned")
+
+
+class TensorCalls:
+    """ModelInfer (Open Inference Protocol) with one preprocessed FP32 tensor per request: the same
+    request for attnserve and for the peer."""
+
+    def __init__(self, channel: grpc.aio.Channel, model: str, images: ImageSet) -> None:
+        self.stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        self.model, self.images = model, images
+        self.requests = []
+        for tensor in images.tensors:
+            request = v2.ModelInferRequest(model_name=model)
+            request.inputs.add(name="images", datatype="FP32", shape=[1, *tensor.shape])
+            request.outputs.add(name="probabilities")
+            request.raw_input_contents.append(np.ascontiguousarray(tensor).tobytes())
+            self.requests.append(request)
+
+    async def __call__(self, i: int):
+        k = i % len(self.requests)
+        return k, await self.stub.ModelInfer(self.requests[k], timeout=60)
+
+    def check(self, outcome) -> None:
+        k, reply = outcome
+        index = [o.name for o in reply.outputs].index("probabilities")
+        if reply.raw_output_contents:
+            probabilities = np.frombuffer(reply.raw_output_contents[index], "<f4")
+        else:
+            probabilities = np.asarray(reply.outputs[index].contents.fp32_contents, np.float32)
+        best = int(probabilities.argmax())
+        check_top1(self.images.probabilities[k], best, float(probabilities[best]))

@@ -1,0 +1,62 @@
+"""The benchmark harness itself, on a tiny run: the load generator counts requests, checks every reply,
+and stops by itself (by request count or by time). No timing is asserted."""
+
+import asyncio
+
+import grpc
+
+from bench.loadgen import run_load
+from bench.workloads import TensorCalls, VisionCalls, image_set
+from service.client import AsyncVisionClient
+
+
+def test_load_generator_stops_by_count_and_by_time():
+    calls = []
+
+    async def call(i):
+        calls.append(i)
+        await asyncio.sleep(0.001)
+        return i
+
+    result = asyncio.run(run_load(call, concurrency=4, max_requests=25, max_seconds=60))
+    assert result.requests == 25 and sorted(calls) == list(range(25)) and result.errors == 0
+    timed = asyncio.run(run_load(call, concurrency=2, max_requests=10**9, max_seconds=0.3))
+    assert 0.3 <= timed.seconds < 5 and timed.requests > 0
+
+
+def test_a_wrong_answer_counts_as_an_error():
+    def check(reply):
+        if reply % 3 == 0:
+            raise AssertionError("wrong")
+
+    async def call(i):
+        return i
+
+    result = asyncio.run(run_load(call, concurrency=2, max_requests=9, max_seconds=10, check=check))
+    assert result.requests == 6 and result.errors == 3
+
+
+def test_workloads_against_a_real_server(server, demo_repository):
+    images = image_set(demo_repository / "cbam_classifier" / "1", 4)
+
+    async def go():
+        async with AsyncVisionClient(server.target) as client:
+            vision = VisionCalls(client, "cbam_classifier", images, maps=True)
+            with_maps = await run_load(vision, 2, 8, 30, check=vision.check)
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            tensors = TensorCalls(channel, "cbam_classifier", images)
+            v2 = await run_load(tensors, 2, 8, 30, check=tensors.check)
+        return with_maps, v2
+
+    with_maps, v2 = asyncio.run(go())
+    assert (with_maps.requests, with_maps.errors) == (8, 0), with_maps.error_examples
+    assert (v2.requests, v2.errors) == (8, 0), v2.error_examples
+    wrong = image_set(demo_repository / "cbam_classifier" / "1", 4, seed=1)  # other images' answers
+    wrong.jpegs = images.jpegs
+
+    async def mismatched():
+        async with AsyncVisionClient(server.target) as client:
+            calls = VisionCalls(client, "cbam_classifier", wrong, maps=False)
+            return await run_load(calls, 1, 4, 30, check=calls.check)
+
+    assert asyncio.run(mismatched()).errors > 0, "checks catch answers to the wrong images"
