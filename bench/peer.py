@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-
-from attnserve.inference.v2 import grpc_predict_v2_pb2 as pb
-from attnserve.inference.v2 import grpc_predict_v2_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb  # the Open Inference Protocol's messages
+from tritonclient.grpc import service_pb2_grpc
 
 HERE = Path(__file__).parent
 REQUIREMENTS = ["mlserver>=1.7,<1.8", "uvloop<0.22", "onnxruntime", "numpy"]
@@ -83,7 +82,7 @@ def start_mlserver(
             raise RuntimeError(f"MLServer exited:\n{(work / 'mlserver.log').read_text()[-3000:]}")
         try:
             with grpc.insecure_channel(peer.target) as channel:
-                stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
+                stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
                 if stub.ModelReady(pb.ModelReadyRequest(name=name), timeout=2).ready:
                     return peer
         except grpc.RpcError:

@@ -10,10 +10,10 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
+from tritonclient.grpc import service_pb2 as v2  # the Open Inference Protocol's messages
+from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
 from attnserve.imaging import fit, to_input
-from attnserve.inference.v2 import grpc_predict_v2_pb2 as v2
-from attnserve.inference.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from attnserve.manifest import MODEL_FILE, Manifest
 from models.scenes import classification_scene
 from service.client import AsyncVisionClient

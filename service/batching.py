@@ -1,5 +1,9 @@
 """Dynamic batching: requests for one model that arrive within ``max_queue_delay`` run as one inference.
 
+A batch waits for more requests only while some are known to be on their way (announced by the data
+plane before decoding, so still being decoded); with none coming it runs at once, and a lone request
+never pays the delay. Requests that queue while the model is busy join the next batch.
+
 The queue is bounded (RESOURCE_EXHAUSTED when full), a request whose deadline has passed is dropped
 before inference (DEADLINE_EXCEEDED), and inference runs on the model's own thread so the event loop
 keeps accepting requests. A batch fetches the union of the outputs its requests ask for.
@@ -56,12 +60,23 @@ class Batcher:
         self._metric_labels = (model.manifest.name, str(model.manifest.version))
         metrics.queue_capacity.labels(*self._metric_labels).set(max_queue_images)
         self._queue: collections.deque[_Job] = collections.deque()
+        self._coming = 0  # requests announced and not yet submitted (being decoded)
         self._queued_images = 0
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model.manifest.name}")
 
+    def announce(self) -> None:
+        """A request for this model is being prepared: a batch may wait for it."""
+        self._coming += 1
+
+    def withdraw(self) -> None:
+        """An announced request will not be submitted after all (it failed before inference)."""
+        self._coming -= 1
+
     async def submit(self, images: np.ndarray, outputs: list[str], deadline: float | None) -> BatchResult:
+        """Queue ``images`` (of an announced request) and wait for their outputs."""
+        self._coming -= 1
         if self._queued_images + len(images) > self.max_queue_images:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -110,7 +125,7 @@ class Batcher:
                 size += len(job.images)
                 continue
             remaining = close_at - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self._coming <= 0:  # nothing on its way: waiting would only add latency
                 break
             self._arrived.clear()
             try:

@@ -113,8 +113,7 @@ class DataPlane:
             raise invalid(f"model {model!r} is a {manifest.task} model; call {other}")
         self._check(manifest, images, top_k, score_threshold, max_detections)
         selected = select(manifest, map_request.select)
-        loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._pool, self._prepare, images, manifest)
+        prepared = await self._prepared(served, images)
         outputs = [*manifest.predictions, *(a.name for a in selected)]
         batch = await served.batcher.submit(prepared.batch, outputs, deadline)
         post_started = time.perf_counter()
@@ -127,7 +126,7 @@ class DataPlane:
         postprocess = time.perf_counter() - post_started
         encode_started = time.perf_counter()
         if selected:
-            await loop.run_in_executor(
+            await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._encode, selected, batch.outputs, prepared, results, map_request
             )
         timing = {
@@ -163,8 +162,7 @@ class DataPlane:
         timing = {}
         if images is not None:
             self._check(manifest, images, None, None, None)
-            loop = asyncio.get_running_loop()
-            prepared = await loop.run_in_executor(self._pool, self._prepare, images, manifest)
+            prepared = await self._prepared(served, images)
             tensor = prepared.batch
             timing = {"decode": prepared.decode_seconds, "preprocess": prepared.preprocess_seconds}
         else:
@@ -178,11 +176,23 @@ class DataPlane:
             if len(tensor) > self.settings.max_images_per_request:
                 limit = self.settings.max_images_per_request
                 raise invalid(f"the request has {len(tensor)} images; at most {limit} per request")
+            served.batcher.announce()
         batch = await served.batcher.submit(tensor, outputs, deadline)
         timing.update(queue=batch.queue_seconds, inference=batch.inference_seconds)
         for stage, seconds in timing.items():
             self.metrics.stage_seconds.labels(model, stage).observe(seconds)
         return manifest, batch.outputs
+
+    async def _prepared(self, served, images: list[ImageInput]) -> _Prepared:
+        """Decode and fit on the thread pool, announced to the batcher so a batch may wait for it."""
+        served.batcher.announce()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._prepare, images, served.manifest
+            )
+        except BaseException:
+            served.batcher.withdraw()
+            raise
 
     def _served(self, model: str, version: int):
         if self.shutting_down:

@@ -105,9 +105,11 @@ def test_a_request_past_its_deadline_is_dropped_before_inference(demo_repository
     images = np.zeros((1, 3, 96, 96), np.float32)
 
     async def run():
+        batcher.announce()
         with pytest.raises(ServiceError) as err:
             await batcher.submit(images, ["logits"], deadline=time.monotonic() - 0.001)
         assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        batcher.announce()
         ok = await batcher.submit(images, ["logits"], deadline=time.monotonic() + 10)
         await batcher.close()
         return ok
