@@ -58,6 +58,7 @@ def start_mlserver(
     output: str = "probabilities",
     timeout: float = 120,
 ) -> Peer:
+    venv, work, model_file = venv.resolve(), work.resolve(), model_file.resolve()
     mlserver = ensure_venv(venv)
     model_dir = work / "mlserver" / name
     shutil.rmtree(work / "mlserver", ignore_errors=True)
