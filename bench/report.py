@@ -88,7 +88,16 @@ def _row(label: str, s: dict) -> str:
     return f"| {label}{errors} | {s['throughput_images_per_s']} | {s['p50_ms']} | {s['p99_ms']} |"
 
 
-def document(results: dict, table: str) -> str:
+ANALYSIS_HEADING = "## Where the time goes"
+
+
+def document(results: dict, table: str, previous: str = "") -> str:
+    """The benchmarks page: this run's figures, then the hand-written analysis kept from ``previous``."""
+    analysis = previous[previous.index(ANALYSIS_HEADING) :] if ANALYSIS_HEADING in previous else ""
+    return _header(results) + table + ("\n" + analysis if analysis else "")
+
+
+def _header(results: dict) -> str:
     m = results["machine"]
     v = ", ".join(f"{k} {x}" for k, x in results["versions"].items())
     return (
@@ -97,5 +106,5 @@ def document(results: dict, table: str) -> str:
         f"{m['cores']} cores, "
         f"{results['threads']} threads for every contender, provider {results['provider']}; {v}. "
         f"The run took {results['seconds']} s. Ratios come from one run on one machine; absolute figures "
-        "drift between runs on shared machines.\n\n" + table
+        "drift between runs on shared machines.\n\n"
     )

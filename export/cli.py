@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--calibration", type=Path, metavar="DIR", help="images for int8 calibration")
     how.add_argument("--calibration-count", type=int, default=256, help="images used for calibration")
     how.add_argument(
+        "--calibration-method",
+        choices=("percentile", "minmax"),
+        default="percentile",
+        help="percentile (default; more accurate on the demo models) or minmax",
+    )
+    how.add_argument(
         "--min-agreement", type=float, default=0.99, help="fp16/int8 agreement with fp32 required"
     )
     how.add_argument("--opset", type=int, default=MIN_OPSET)
@@ -79,6 +85,7 @@ def requests_from(args: argparse.Namespace) -> list[ExportRequest]:
         precision=args.precision,
         calibration=args.calibration,
         calibration_count=args.calibration_count,
+        calibration_method=args.calibration_method,
         opset=args.opset,
         image_mean=args.image_mean,
         image_std=args.image_std,

@@ -63,6 +63,7 @@ class ExportRequest:
     precision: str = "fp32"
     calibration: Path | None = None
     calibration_count: int = 256
+    calibration_method: str = "percentile"
     opset: int = MIN_OPSET
     image_mean: list[float] | None = None
     image_std: list[float] | None = None
@@ -171,6 +172,9 @@ def _check_request(req: ExportRequest) -> None:
         raise ExportError(f"--resize {req.resize!r} is not one of {', '.join(RESIZE_POLICIES)}.")
     if req.attention not in ATTENTION_MODES:
         raise ExportError(f"--attention {req.attention!r} is not one of {', '.join(ATTENTION_MODES)}.")
+    if req.calibration_method not in quantize.CALIBRATION_METHODS:
+        methods = ", ".join(quantize.CALIBRATION_METHODS)
+        raise ExportError(f"--calibration-method {req.calibration_method!r} is not one of {methods}.")
     if (req.image_mean is None) != (req.image_std is None):
         raise ExportError("pass --image-mean and --image-std together (three values each, for R, G, B).")
     if req.image_std is not None and any(s <= 0 for s in req.image_std):
@@ -305,7 +309,7 @@ def _reduce_precision(req, source, proto, names, resize) -> tuple[onnx.ModelProt
     if req.precision == "fp16":
         reduced = quantize.to_fp16(proto)
     else:
-        reduced = quantize.to_int8(proto, calibration, req.progress)
+        reduced = quantize.to_int8(proto, calibration, req.calibration_method, req.progress)
     check_graph(reduced)
     map_names = names[len(PREDICTION_OUTPUTS[task]) :]
     figures = agreement(task, run_onnx(proto, held_out, names), run_onnx(reduced, held_out, names), map_names)

@@ -6,6 +6,7 @@ import asyncio
 import grpc
 
 from bench.loadgen import run_load
+from bench.report import document
 from bench.workloads import TensorCalls, VisionCalls, image_set
 from service.client import AsyncVisionClient
 
@@ -60,3 +61,12 @@ def test_workloads_against_a_real_server(server, demo_repository):
             return await run_load(calls, 1, 4, 30, check=calls.check)
 
     assert asyncio.run(mismatched()).errors > 0, "checks catch answers to the wrong images"
+
+
+def test_regenerating_the_docs_keeps_the_analysis():
+    results = {"command": "python -m bench", "machine": {"cpu": "cpu", "cores": 2}, "threads": 2,
+               "provider": "cpu", "versions": {"attnserve": "0.1.0"}, "seconds": 1.0}  # fmt: skip
+    previous = "# Benchmarks\n\nold table\n\n## Where the time goes\n\nprofiles and reasons\n"
+    page = document(results, "| new | table |\n", previous)
+    assert "| new | table |" in page and "old table" not in page
+    assert page.endswith("## Where the time goes\n\nprofiles and reasons\n")
