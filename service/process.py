@@ -45,6 +45,7 @@ class ServerProcess:
 
 def start_server(repository: Path, log_path: Path, *args: str, timeout: float = 60) -> ServerProcess:
     """``attnserve serve`` on free loopback ports; returns once health says SERVING."""
+    # one inference thread unless ``args`` say otherwise (a later flag wins)
     command = [str(Path(sys.executable).with_name("attnserve")), "serve", "--repository", str(repository),
                "--host", "127.0.0.1", "--port", "0", "--metrics-host", "127.0.0.1", "--metrics-port", "0",
                "--intra-op-threads", "1", *args]  # fmt: skip

@@ -29,7 +29,7 @@ class Settings:
         default=8, metadata={"help": "images per inference batch; 1 turns batching off"}
     )
     max_queue_delay_ms: float = field(
-        default=2.0, metadata={"help": "how long a batch waits for more requests to join it"}
+        default=2.0, metadata={"help": "longest a batch waits for requests still being decoded to join it"}
     )
     max_queue_size: int = field(
         default=256, metadata={"help": "images waiting per model before RESOURCE_EXHAUSTED"}
