@@ -148,7 +148,7 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = print) -> tupl
         verification=verification,
     )
     proto.metadata_props.add(key=METADATA_KEY, value=manifest.to_json())
-    proto.producer_name, proto.producer_version = "attnserve", _versions()["attnserve"]
+    proto.producer_name, proto.producer_version = "attnserve", manifest.versions["attnserve"]
     data = proto.SerializeToString()
     manifest.sha256 = hashlib.sha256(data).hexdigest()
     path = repository.write_version(req.repository, name, version, data, manifest.to_json(), req.overwrite)

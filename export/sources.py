@@ -61,7 +61,7 @@ def from_arch(name: str, checkpoint: Path | None) -> SourceModel:
         input_size=(config["input_size"], config["input_size"]),
         labels=labels,
         declared=list(module.output_specs),
-        in_model_normalization=(list(backbone.INPUT_MEAN), list(backbone.INPUT_STD)),
+        in_model_normalization=([backbone.INPUT_MEAN] * 3, [backbone.INPUT_STD] * 3),
         description={
             "arch": name,
             "config": config,

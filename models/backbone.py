@@ -57,9 +57,9 @@ class ResNetBackbone(nn.Module):
     layout); returns every stage's features."""
 
     STAGE_STRIDES = (1, 2, 2, 2)
-    # the input normalisation applied inside forward(), per RGB channel; exporters record it
-    INPUT_MEAN = (0.5, 0.5, 0.5)
-    INPUT_STD = (0.25, 0.25, 0.25)
+    # the input normalisation applied inside forward() (same for R, G and B); exporters record it
+    INPUT_MEAN = 0.5
+    INPUT_STD = 0.25
 
     def __init__(
         self,
@@ -101,7 +101,7 @@ class ResNetBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """``x``: N×3×H×W RGB in [0, 1]; normalising here means no caller can get it wrong."""
-        x = self.stem((x - 0.5) / 0.25)  # INPUT_MEAN, INPUT_STD
+        x = self.stem((x - self.INPUT_MEAN) / self.INPUT_STD)
         feats: list[torch.Tensor] = []
         maps: dict[str, torch.Tensor] = {}
         for idx, block in enumerate(self.blocks):

@@ -48,11 +48,7 @@ def classify_request(
 ) -> pb.ClassifyRequest:
     request = pb.ClassifyRequest(model=model, version=version, images=[image_message(i) for i in images],
                                  maps=map_options(**maps))  # fmt: skip
-    if top_k is not None:
-        request.top_k = top_k
-    if score_threshold is not None:
-        request.score_threshold = score_threshold
-    return request
+    return _with_present(request, top_k=top_k, score_threshold=score_threshold)
 
 
 def detect_request(
@@ -60,10 +56,14 @@ def detect_request(
 ) -> pb.DetectRequest:
     request = pb.DetectRequest(model=model, version=version, images=[image_message(i) for i in images],
                                maps=map_options(**maps))  # fmt: skip
-    if score_threshold is not None:
-        request.score_threshold = score_threshold
-    if max_detections is not None:
-        request.max_detections = max_detections
+    return _with_present(request, score_threshold=score_threshold, max_detections=max_detections)
+
+
+def _with_present(request, **optional):
+    """Set the optional fields that were given; unset ones keep their server-side defaults."""
+    for name, value in optional.items():
+        if value is not None:
+            setattr(request, name, value)
     return request
 
 

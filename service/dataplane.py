@@ -173,9 +173,7 @@ class DataPlane:
                     f"input {spec.name!r} of model {model!r} must be [N, {', '.join(map(str, expected))}] "
                     f"(N ≥ 1), got {list(tensor.shape)}"
                 )
-            if len(tensor) > self.settings.max_images_per_request:
-                limit = self.settings.max_images_per_request
-                raise invalid(f"the request has {len(tensor)} images; at most {limit} per request")
+            self._check_count(len(tensor))
             served.batcher.announce()
         batch = await served.batcher.submit(tensor, outputs, deadline)
         timing.update(queue=batch.queue_seconds, inference=batch.inference_seconds)
@@ -201,12 +199,15 @@ class DataPlane:
             )
         return self.registry.get(model, version)
 
+    def _check_count(self, count: int) -> None:
+        if count > self.settings.max_images_per_request:
+            limit = self.settings.max_images_per_request
+            raise invalid(f"the request has {count} images; at most {limit} per request")
+
     def _check(self, manifest: Manifest, images, top_k, score_threshold, max_detections) -> None:
         if not images:
             raise invalid("the request has no images")
-        if len(images) > self.settings.max_images_per_request:
-            limit = self.settings.max_images_per_request
-            raise invalid(f"the request has {len(images)} images; at most {limit} per request")
+        self._check_count(len(images))
         if top_k is not None and top_k <= 0:
             raise invalid(f"top_k must be positive, not {top_k}")
         if max_detections is not None and max_detections <= 0:

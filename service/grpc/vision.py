@@ -27,7 +27,6 @@ GEOMETRY_ENUMS = {
     maps.MODEL_GRID: pb.MAP_GEOMETRY_MODEL_GRID,
     maps.ORIGINAL_IMAGE: pb.MAP_GEOMETRY_ORIGINAL_IMAGE,
 }
-STAGES = ("decode", "preprocess", "queue", "inference", "postprocess", "encode", "total")
 
 
 class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
@@ -180,6 +179,8 @@ def maps_of(encoded: list[maps.EncodedMap]) -> list[pb.AttentionMap]:
 
 
 def _common(prediction: Prediction) -> dict:
-    timing = pb.Timing(**{f"{stage}_us": round(prediction.timing[stage] * 1e6) for stage in STAGES})
+    timing = pb.Timing(
+        **{f"{stage}_us": round(seconds * 1e6) for stage, seconds in prediction.timing.items()}
+    )
     return {"model": prediction.model, "version": prediction.version, "timing": timing,
             "request_id": prediction.request_id}  # fmt: skip
