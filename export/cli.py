@@ -149,6 +149,12 @@ def summary(path: Path, manifest) -> str:
             figures = v[key]
             value = figures.get("top1_agreement", figures.get("detection_agreement"))
             lines.append(f"  {key.replace('_vs_', ' vs ')} agreement {value:.3f} on {figures['measured_on']}")
+            if "reference_arithmetic" in figures:
+                ref = figures["reference_arithmetic"]
+                exact = ref.get("top1_agreement", ref.get("detection_agreement"))
+                host = figures["cpu"]
+                features = ", ".join(host["int8_features"] or ["unknown"])
+                lines.append(f"    on {host['model']} ({features}); {exact:.3f} in the reference arithmetic")
     lines += [
         f"  {a.name}: {a.kind} {a.shape} from {a.source or 'model'} ({a.origin})" for a in manifest.attention
     ]

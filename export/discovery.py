@@ -305,9 +305,13 @@ def _probe(proto: onnx.ModelProto, sample: np.ndarray, tensors: list[str]) -> di
     return dict(zip(wanted, session.run(wanted, {INPUT_NAME: sample}), strict=True))
 
 
-def cpu_session(proto: onnx.ModelProto) -> ort.InferenceSession:
+def cpu_session(proto: onnx.ModelProto, optimized: bool = True) -> ort.InferenceSession:
+    """Without ``optimized``, ONNX Runtime runs every node as written: no fusions, and a QDQ graph's
+    quantised layers in float between DequantizeLinear and QuantizeLinear, not as integer kernels."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: intermediate outputs make ORT warn about each one
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 

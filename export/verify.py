@@ -28,8 +28,10 @@ def check_graph(proto: onnx.ModelProto) -> None:
         ) from exc
 
 
-def run_onnx(proto: onnx.ModelProto, images: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-    session = cpu_session(proto)
+def run_onnx(
+    proto: onnx.ModelProto, images: np.ndarray, names: list[str], optimized: bool = True
+) -> dict[str, np.ndarray]:
+    session = cpu_session(proto, optimized)
     chunks = [session.run(names, {INPUT_NAME: images[i : i + BATCH]}) for i in range(0, len(images), BATCH)]
     return {name: np.concatenate([c[k] for c in chunks]) for k, name in enumerate(names)}
 

@@ -86,4 +86,6 @@ def load_repository(settings: Settings, registry: ModelRegistry, make_batcher, o
         served = ServedModel(model, make_batcher(model))
         registry.add(served)
         log.info("loaded %s on %s in %.2f s", key, model.provider, model.load_seconds)
+        for warning in model.warnings:
+            log.warning("model %s: %s", key, warning)
         on_loaded(served)

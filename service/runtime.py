@@ -1,6 +1,7 @@
 """One ONNX Runtime session per model version: providers, threads, warm-up, and runs that fetch only the
 outputs asked for (a request without maps pays nothing for them)."""
 
+import functools
 import hashlib
 import logging
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from attnserve import cpu
 from attnserve.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class OnnxModel:
         self.session = ort.InferenceSession(data, options, providers=providers_for(provider))
         self.provider = self.session.get_providers()[0]
         self.input_name = self.manifest.input.name
+        self.warnings = host_warnings(self.manifest, self.provider)
         self.load_seconds = time.perf_counter() - started
 
     def run(self, images: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
@@ -62,3 +65,23 @@ class OnnxModel:
             images = np.full((batch, *shape[1:]), 0.5, np.float32)
             self.run(images, self.manifest.predictions)
             self.run(images, self.manifest.output_names())
+
+
+@functools.cache
+def _host_cpu() -> dict:
+    return cpu.describe()
+
+
+def host_warnings(manifest: Manifest, provider: str) -> list[str]:
+    """Why this host may compute other results than those the model was verified with."""
+    verified_on = manifest.verification.get("int8_vs_fp32", {}).get("cpu")
+    if manifest.precision != "int8" or provider != CPU or not verified_on:
+        return []
+    missing = cpu.missing_int8_features(verified_on, _host_cpu())
+    if not missing:
+        return []
+    return [
+        f"int8 agreement with fp32 was verified on {verified_on['model'] or 'a CPU'} with "
+        f"{', '.join(verified_on['int8_features'])}; this host ({_host_cpu()['model'] or 'unknown CPU'}) "
+        f"lacks {', '.join(missing)}, so its int8 kernels are not the ones verified"
+    ]

@@ -258,7 +258,7 @@ class AttentionOutput(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., source: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., stride: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "versions", "task", "labels", "input_height", "input_width", "resize", "attention", "precision", "provider", "exporter", "sha256")
+    __slots__ = ("name", "version", "versions", "task", "labels", "input_height", "input_width", "resize", "attention", "precision", "provider", "exporter", "sha256", "warnings")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +272,7 @@ class ModelInfo(_message.Message):
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     EXPORTER_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     versions: _containers.RepeatedScalarFieldContainer[int]
@@ -285,4 +286,5 @@ class ModelInfo(_message.Message):
     provider: str
     exporter: str
     sha256: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., resize: _Optional[str] = ..., attention: _Optional[_Iterable[_Union[AttentionOutput, _Mapping]]] = ..., precision: _Optional[str] = ..., provider: _Optional[str] = ..., exporter: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., resize: _Optional[str] = ..., attention: _Optional[_Iterable[_Union[AttentionOutput, _Mapping]]] = ..., precision: _Optional[str] = ..., provider: _Optional[str] = ..., exporter: _Optional[str] = ..., sha256: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...

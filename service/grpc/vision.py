@@ -87,6 +87,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             provider=served.model.provider,
             exporter=m.exporter,
             sha256=m.sha256,
+            warnings=served.model.warnings,
         )
 
     async def _classify(self, request: pb.ClassifyRequest, deadline: float | None) -> pb.ClassifyResponse:
