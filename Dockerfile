@@ -2,7 +2,8 @@
 #   docker build -t attnserve .                                 CPU; mount a model repository at /models
 #   docker build --build-arg DEMO_MODELS=1 -t attnserve:demo .  the demo models exported and baked in
 #   docker build --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
-#                --build-arg ONNXRUNTIME=onnxruntime-gpu -t attnserve:gpu .
+#                --build-arg LOCK=gpu -t attnserve:gpu .
+# Every Python package comes from the lock (requirements/, see `make lock`), each file's sha256 checked.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 ARG DEMO_MODELS=0
 
@@ -16,20 +17,18 @@ RUN if ! python3 -m venv --help >/dev/null 2>&1; then \
     fi
 
 FROM python AS build
-ARG ONNXRUNTIME=onnxruntime
+# requirements/serve.txt, or gpu.txt: onnxruntime-gpu in place of onnxruntime
+ARG LOCK=serve
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY requirements requirements
 COPY attnserve attnserve
 COPY export export
 COPY models models
 COPY service service
-# hadolint ignore=DL3013
 RUN python3 -m venv /opt/attnserve \
-    && /opt/attnserve/bin/pip install --no-cache-dir . \
-    && if [ "$ONNXRUNTIME" != "onnxruntime" ]; then \
-        /opt/attnserve/bin/pip uninstall -y onnxruntime \
-        && /opt/attnserve/bin/pip install --no-cache-dir "$ONNXRUNTIME"; \
-    fi
+    && /opt/attnserve/bin/pip install --no-cache-dir --require-hashes --no-deps -r "requirements/$LOCK.txt" \
+    && /opt/attnserve/bin/pip install --no-cache-dir --no-deps --no-build-isolation .
 
 # The model repository baked into the image: empty by default (mount yours at /models); with
 # DEMO_MODELS=1 the shipped demo models, exported here with torch (CPU wheels), which stays in this stage
@@ -39,7 +38,8 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # hadolint ignore=DL3013
 RUN mkdir -p /models \
     && if [ "$DEMO_MODELS" = "1" ]; then \
-        /opt/attnserve/bin/pip install --no-cache-dir --extra-index-url "$TORCH_INDEX" ".[export]" \
+        /opt/attnserve/bin/pip install --no-cache-dir --extra-index-url "$TORCH_INDEX" \
+            --require-hashes --no-deps -r requirements/export.txt \
         && /opt/attnserve/bin/attnserve export --demo --repository /models --no-progress; \
     fi
 

@@ -4,16 +4,42 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format train evaluate clean protos prometheus bench bench-quick
+.PHONY: install run test test-latest lock lint format train evaluate clean protos prometheus bench bench-quick
 
 install: $(STAMP)
 
-# Re-installs when the dependencies change. torch comes from the `export` extra, pinned to the CPU wheel.
-$(STAMP): pyproject.toml
+# Exactly what requirements/dev.txt pins, every file checked against its sha256 (the lock: see `lock`),
+# then attnserve itself, built with the locked setuptools. Re-installs when the lock changes.
+$(STAMP): pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[export,dev]'
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $@
+
+# The lock: requirements/dev.txt resolves the whole environment (every extra but gpu: what `make install`
+# and CI use); the other files are subsets of it, pinned alike: serve.txt (the serving image),
+# export.txt (+ torch and the exporter), gpu.txt (serve with onnxruntime-gpu in place of onnxruntime).
+# `make lock` follows pyproject.toml, changing as few pins as it can; `make lock UPGRADE=1` moves every
+# package to its newest allowed release.
+COMPILE = $(VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-find-links \
+	--no-emit-index-url --build-deps-for wheel pyproject.toml
+lock: install
+	$(COMPILE) --allow-unsafe --extra export --extra dev $(if $(UPGRADE),--upgrade) -o requirements/dev.txt
+	$(COMPILE) --allow-unsafe -c requirements/dev.txt -o requirements/serve.txt
+	$(COMPILE) --allow-unsafe --extra export -c requirements/dev.txt -o requirements/export.txt
+	$(COMPILE) --extra gpu --unsafe-package onnxruntime -c requirements/dev.txt -o requirements/gpu.txt
+
+# The suite against the newest releases pyproject.toml allows (no lock), in its own venv: run it now and
+# then to see an upstream release break us before users do. Lint stays with the locked ruff.
+LATEST := .venv-latest
+test-latest: prometheus
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[export,dev]'
+	$(LATEST)/bin/pip list --format freeze > $(LATEST)/versions.txt
+	ATTNSERVE_UNLOCKED=1 $(LATEST)/bin/python -m pytest -p no:cacheprovider
 
 MODEL_REPOSITORY ?= model_repository
 
@@ -59,7 +85,7 @@ evaluate: install
 	$(PY) -m models.evaluate --write docs/models.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache *.egg-info
 
 PROTOS := protos/attnserve/v1/vision.proto protos/attnserve/inference/v2/grpc_predict_v2.proto
 
