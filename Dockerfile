@@ -53,5 +53,5 @@ ENV PATH=/opt/attnserve/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     ATTNSERVE_REPOSITORY=/models
 # gRPC (vision API, Open Inference Protocol, health, reflection) and Prometheus metrics
-EXPOSE 50051 9090
+EXPOSE 50051 9464
 ENTRYPOINT ["attnserve", "serve"]

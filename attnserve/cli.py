@@ -2,6 +2,8 @@
 server and the client never do."""
 
 import importlib
+import os
+import signal
 import sys
 
 COMMANDS = {
@@ -19,7 +21,15 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)  # fmt: skip
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module, function, _ = COMMANDS[argv[0]]
-    return getattr(importlib.import_module(module), function)(argv[1:])
+    try:
+        status = getattr(importlib.import_module(module), function)(argv[1:])
+        sys.stdout.flush()  # here, so a closed pipe is found inside the try and not at exit
+        return status
+    except BrokenPipeError:
+        # the reader went away (`attnserve predict ... | head`): stop quietly, as Unix tools do; stdout
+        # goes to devnull so Python's own flush at exit cannot raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 from PIL import Image, ImageDraw
 
 from service import settings as settings_module
@@ -45,7 +47,7 @@ def predict(argv: list[str]) -> int:
     parser.add_argument("--overlay", type=Path, metavar="DIR", help="write each map as a PNG overlay here")
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--threshold", type=float, help="score threshold")
-    parser.add_argument("--json", action="store_true", help="print the responses as JSON")
+    parser.add_argument("--json", action="store_true", help="print the response as one JSON document")
     parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.images if not p.is_file()]
@@ -67,14 +69,39 @@ def predict(argv: list[str]) -> int:
         print(f"attnserve predict: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(_without_map_bytes(MessageToDict(reply)), indent=2))
+        print(json.dumps(_without_map_bytes(as_json(reply)), indent=2))
     else:
         for path, result in zip(args.images, reply.results, strict=True):
             print(f"{path}: {_describe(result, info.task)}")
-    if args.overlay:
+    if args.overlay:  # status lines on stderr: stdout stays the prediction (one JSON document with --json)
         for path in _write_overlays(args.overlay, args.images, reply.results, info.task):
-            print(f"wrote {path}")
+            print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def as_json(message: Message) -> dict:
+    """Every field, defaults included (class 0's ``classId``), with 64-bit integers as JSON numbers
+    (protobuf's JSON mapping writes them as strings)."""
+    data = MessageToDict(message, always_print_fields_with_no_presence=True)
+    _int64_as_numbers(message, data)
+    return data
+
+
+_INT64 = (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64)
+
+
+def _int64_as_numbers(message: Message, data: dict) -> None:
+    for field in message.DESCRIPTOR.fields:
+        if field.json_name not in data:
+            continue
+        value = getattr(message, field.name)
+        repeated = field.label == FieldDescriptor.LABEL_REPEATED
+        if field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
+            for item, item_data in zip(value if repeated else [value], data[field.json_name] if repeated
+                                       else [data[field.json_name]], strict=True):  # fmt: skip
+                _int64_as_numbers(item, item_data)
+        elif field.cpp_type in _INT64:
+            data[field.json_name] = [int(v) for v in value] if repeated else int(value)
 
 
 def _default_overlay_maps(info) -> list[str]:

@@ -18,7 +18,7 @@ class Settings:
     host: str = field(default="0.0.0.0", metadata={"help": "address the gRPC server binds"})
     port: int = field(default=50051, metadata={"help": "gRPC port (0: any free port)"})
     metrics_host: str = field(default="0.0.0.0", metadata={"help": "address the metrics server binds"})
-    metrics_port: int = field(default=9090, metadata={"help": "Prometheus metrics port (0: any free port)"})
+    metrics_port: int = field(default=9464, metadata={"help": "Prometheus metrics port (0: any free port)"})
     provider: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu or cuda"})
     intra_op_threads: int = field(
         default=0, metadata={"help": "ONNX Runtime threads per inference; 0: cores"}

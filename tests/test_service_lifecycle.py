@@ -249,10 +249,45 @@ def test_predict_prints_the_class_and_writes_overlays(server, tmp_path):
     assert sum(p == t for p, t in zip(printed, truth, strict=True)) >= 4, (printed, truth)
     overlay = Image.open(tmp_path / "overlays" / "scene0.cam.png")
     assert overlay.mode == "RGB" and overlay.size == (240, 240)
-    assert f"wrote {tmp_path / 'overlays' / 'scene4.cam.png'}" in result.stdout
+    assert f"wrote {tmp_path / 'overlays' / 'scene4.cam.png'}" in result.stderr
     unknown = [attnserve, "predict", str(paths[0]), "--model", "nope", "--server", server.target]
     missing = subprocess.run(unknown, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "NOT_FOUND: model 'nope' is not served" in missing.stderr
+
+
+def test_predict_json_is_one_document_with_every_field(server, tmp_path):
+    """`attnserve predict --json | jq` works: one document on stdout, defaults and 64-bit ints included."""
+    paths = [tmp_path / "a.jpg", tmp_path / "b.png"]
+    paths[0].write_bytes(jpeg(classification_scene(7006, 0, size=96).image))
+    Image.fromarray(classification_scene(7006, 1, size=96).image).save(paths[1])
+    attnserve = str(Path(sys.executable).with_name("attnserve"))
+    command = [attnserve, "predict", *map(str, paths), "--model", "cbam_classifier", "--top-k", "6",
+               "--server", server.target, "--json", "--overlay", str(tmp_path / "overlays")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)  # the whole of stdout
+    labels = [label for r in data["results"] for label in r["labels"]]
+    assert len(labels) == 12 and all("classId" in label for label in labels)
+    assert sorted(label["classId"] for label in data["results"][0]["labels"]) == list(range(6))  # 0 too
+    maps = [m for r in data["results"] for m in r["maps"]]
+    assert maps and all(type(d) is int for m in maps for d in m["shape"])
+    assert type(data["version"]) is int and type(data["timing"]["totalUs"]) is int
+    assert f"wrote {tmp_path / 'overlays' / 'b.cam.png'}" in result.stderr
+    assert (tmp_path / "overlays" / "b.cam.png").is_file()
+
+
+def test_predict_into_a_pipe_closed_early_ends_quietly(server, tmp_path):
+    """`attnserve predict ... | head`: the reader is gone before the output, and no traceback follows."""
+    path = tmp_path / "a.jpg"
+    path.write_bytes(jpeg(classification_scene(7007, 0, size=96).image))
+    attnserve = str(Path(sys.executable).with_name("attnserve"))
+    command = [attnserve, "predict", str(path), "--model", "cbam_classifier", "--json"]
+    command += ["--server", server.target]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # before the reply comes back: its first write meets a closed pipe
+    _, stderr = process.communicate(timeout=60)
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    assert process.returncode == 141  # 128 + SIGPIPE, as `yes | head` leaves it
 
 
 def test_health_goes_not_serving_on_sigterm_while_the_delay_still_serves(demo_repository, tmp_path):
