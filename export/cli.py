@@ -17,6 +17,7 @@ from export.errors import ExportError
 from export.exporters import EXPORTERS, MIN_OPSET
 from export.pipeline import ATTENTION_MODES, ExportRequest, demo_requests, export_model
 from export.repository import versions
+from export.verify import agreement_value
 from models.zoo import ARCH_PRESETS
 
 
@@ -147,11 +148,10 @@ def summary(path: Path, manifest) -> str:
     for key in ("fp16_vs_fp32", "int8_vs_fp32"):
         if key in v:
             figures = v[key]
-            value = figures.get("top1_agreement", figures.get("detection_agreement"))
+            value = agreement_value(manifest.task, figures)
             lines.append(f"  {key.replace('_vs_', ' vs ')} agreement {value:.3f} on {figures['measured_on']}")
             if "reference_arithmetic" in figures:
-                ref = figures["reference_arithmetic"]
-                exact = ref.get("top1_agreement", ref.get("detection_agreement"))
+                exact = agreement_value(manifest.task, figures["reference_arithmetic"])
                 host = figures["cpu"]
                 features = ", ".join(host["int8_features"] or ["unknown"])
                 lines.append(f"    on {host['model']} ({features}); {exact:.3f} in the reference arithmetic")

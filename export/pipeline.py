@@ -47,7 +47,7 @@ from models.zoo import DEMO_MODELS
 ATTENTION_MODES = ("auto", "declared", "none")
 PARITY_SCENES, PARITY_NOISE = 16, 8
 # Held-out scenes for fp16/int8 agreement. A 99% bar on 400 images rests on 4 of them; at 2000 the
-# demo models' ~99.6% sits four standard errors (sqrt(p(1-p)/n) ≈ 0.14%) above it.
+# demo models' ~99.7% sits six standard errors (sqrt(p(1-p)/n) ≈ 0.12%) above it.
 AGREEMENT_SCENES = 2000
 
 

@@ -52,7 +52,7 @@ def to_int8(
     progress: bool = True,
 ) -> onnx.ModelProto:
     """Static QDQ quantisation (see INT8_SETTINGS) with activation ranges from what ``calibration``
-    produces: ``percentile`` (0.001st to 99.999th; on the demo models it agrees with fp32 more often) or
+    produces: ``percentile`` (0.001st to 99.999th: clips the rare extremes of real photographs) or
     ``minmax``. The layers producing ``predictions`` stay float: a detector's heatmap quantised to 256
     levels has neighbouring peaks that tie and both survive the peak test, as duplicate boxes.
     ONNX Runtime holds every activation of every calibration image in memory (a ResNet-50 at 224×224 with

@@ -94,14 +94,15 @@ def _int64_as_numbers(message: Message, data: dict) -> None:
     for field in message.DESCRIPTOR.fields:
         if field.json_name not in data:
             continue
-        value = getattr(message, field.name)
         repeated = field.label == FieldDescriptor.LABEL_REPEATED
+        values = getattr(message, field.name) if repeated else [getattr(message, field.name)]
         if field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
-            for item, item_data in zip(value if repeated else [value], data[field.json_name] if repeated
-                                       else [data[field.json_name]], strict=True):  # fmt: skip
-                _int64_as_numbers(item, item_data)
+            items = data[field.json_name] if repeated else [data[field.json_name]]
+            for value, item in zip(values, items, strict=True):
+                _int64_as_numbers(value, item)
         elif field.cpp_type in _INT64:
-            data[field.json_name] = [int(v) for v in value] if repeated else int(value)
+            numbers = [int(v) for v in values]
+            data[field.json_name] = numbers if repeated else numbers[0]
 
 
 def _default_overlay_maps(info) -> list[str]:
