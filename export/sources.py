@@ -54,14 +54,14 @@ def from_arch(name: str, checkpoint: Path | None) -> SourceModel:
     if payload is not None:
         load_weights(module, payload, path)
     task = DETECTION if config["arch"] == "detector" else CLASSIFICATION
-    backbone = module.backbone
+    normalizer = getattr(module, "backbone", module)  # the CNNs' backbone, or the model (ViT)
     return SourceModel(
         module=module.eval(),
         task=task,
         input_size=(config["input_size"], config["input_size"]),
         labels=labels,
         declared=list(module.output_specs),
-        in_model_normalization=([backbone.INPUT_MEAN] * 3, [backbone.INPUT_STD] * 3),
+        in_model_normalization=([normalizer.INPUT_MEAN] * 3, [normalizer.INPUT_STD] * 3),
         description={
             "arch": name,
             "config": config,

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from models import metrics
-from models.outputs import CAM, SPATIAL
+from models.outputs import CAM, ROLLOUT, SELF_ATTENTION, SPATIAL
 from models.scenes import generate
 
 EVAL_SEED = 1000  # held out: training uses seed 1, validation seed 2
@@ -34,7 +34,8 @@ def evaluate(
     detector = config["arch"] == "detector"
     size = config["input_size"]
     scenes = generate("detection" if detector else "classification", seed, count, size)
-    map_specs = [s for s in model.output_specs if s.kind in (SPATIAL, CAM)] if maps else []
+    plane_kinds = (SPATIAL, CAM, ROLLOUT, SELF_ATTENTION)  # maps a pointing game can read
+    map_specs = [s for s in model.output_specs if s.kind in plane_kinds] if maps else []
     tolerance = metrics.pointing_tolerance(size)
     hits = {s.name: [] for s in map_specs}
     energy = {s.name: [] for s in map_specs}

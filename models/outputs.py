@@ -2,11 +2,13 @@
 
 from dataclasses import dataclass, replace
 
-# kinds of output: predictions, and the three kinds of attention map
+# kinds of output: predictions, and the kinds of attention map a model declares
 PREDICTION = "prediction"
 SPATIAL = "spatial"  # N×1×H×W, values in [0, 1]
 CHANNEL = "channel"  # N×C, values in [0, 1]
 CAM = "cam"  # N×classes×H×W class activation map, unnormalised
+SELF_ATTENTION = "self_attention"  # N×1×H×W: one block's class-token attention over the patch grid
+ROLLOUT = "rollout"  # N×1×H×W: attention rollout over every block, on the patch grid
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,12 @@ from torch import nn
 
 from models.classifier import AttentionClassifier
 from models.detector import HybridAttentionDetector
+from models.vit import VisionTransformer
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "classifier": AttentionClassifier,
     "detector": HybridAttentionDetector,
+    "vit": VisionTransformer,
 }
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -37,6 +39,8 @@ ARCH_PRESETS: dict[str, dict] = {
         "stem_width": 64,
         "stem_pool": True,
     },
+    # a small ViT (8-pixel patches, 12×12 grid, 4 blocks of 4 heads), its rollout and per-block maps
+    "vit_classifier": {"arch": "vit", "input_size": 96, "patch": 8, "grid": 12, "dim": 96, "depth": 4},
 }
 
 

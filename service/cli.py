@@ -107,7 +107,7 @@ def _int64_as_numbers(message: Message, data: dict) -> None:
 
 def _default_overlay_maps(info) -> list[str]:
     kinds = {a.kind for a in info.attention}
-    return ["cam"] if "cam" in kinds else (["spatial"] if "spatial" in kinds else [])
+    return next(([kind] for kind in ("cam", "rollout", "spatial") if kind in kinds), [])
 
 
 def _describe(result, task: str) -> str:

@@ -112,7 +112,7 @@ def _planes(kind: str, value: np.ndarray, top_class: int, every_class: bool) -> 
         return (
             value.astype(np.float32) if every_class else value[top_class : top_class + 1].astype(np.float32)
         )
-    if kind == "spatial":
+    if kind in ("spatial", "self_attention", "rollout"):  # one plane already
         return value.astype(np.float32)
     return value.mean(axis=0, keepdims=True, dtype=np.float32)  # full, axis_h, axis_w: the channel mean
 

@@ -11,6 +11,7 @@ from models.attention.create import ATTENTION_KINDS, create_attn
 from models.attention.eca import ECA
 from models.attention.harnet import CrossLevelChannelAttention, DilatedSpatialAttention
 from models.attention.se import SqueezeExcite
+from models.attention.self_attention import MultiHeadSelfAttention
 from models.attention.spatial import SpatialAttention
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "CoordAttention",
     "CrossLevelChannelAttention",
     "DilatedSpatialAttention",
+    "MultiHeadSelfAttention",
     "SpatialAttention",
     "SqueezeExcite",
     "create_attn",
