@@ -49,6 +49,7 @@ COPY --from=models /models /models
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin attnserve
 USER 10001
 ENV PATH=/opt/attnserve/bin:$PATH \
+    ORT_DISABLE_TELEMETRY=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     ATTNSERVE_REPOSITORY=/models
