@@ -69,7 +69,7 @@ def discover(
     gates = find_gates(proto)
     if not gates:
         return [], []
-    values = _probe(proto, sample, [t for g in gates for t in (g.tensor, g.feature)])
+    values = probe(proto, sample, [t for g in gates for t in (g.tensor, g.feature)])
     kept, skipped = [], []
     for gate in gates:
         gate.shape, gate.feature_shape = values[gate.tensor].shape, values[gate.feature].shape
@@ -78,10 +78,10 @@ def discover(
         if not gate.kind:
             skipped.append(f"{where}: gate {gate.shape} on feature {gate.feature_shape} has no known layout")
             continue
-        gate.record = _match(values[gate.tensor], gate.scope, records)
+        gate.record = match_record(values[gate.tensor], gate.scope, records)
         if gate.record < 0:  # TorchScript names a module's second call "name_1"
             gate.scope = re.sub(r"_\d+$", "", gate.scope)
-            gate.record = _match(values[gate.tensor], gate.scope, records)
+            gate.record = match_record(values[gate.tensor], gate.scope, records)
         if gate.record < 0:
             skipped.append(f"{where}: no PyTorch activation in that module has the same values")
             continue
@@ -292,7 +292,7 @@ def _descendants(tensor: str, consumers) -> set[str]:
     return seen
 
 
-def _probe(proto: onnx.ModelProto, sample: np.ndarray, tensors: list[str]) -> dict[str, np.ndarray]:
+def probe(proto: onnx.ModelProto, sample: np.ndarray, tensors: list[str]) -> dict[str, np.ndarray]:
     """The values of intermediate ``tensors`` on ``sample``, by running the graph with them as outputs."""
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)
@@ -315,7 +315,7 @@ def cpu_session(proto: onnx.ModelProto, optimized: bool = True) -> ort.Inference
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _match(value: np.ndarray, scope: str, records: list[GateRecord]) -> int:
+def match_record(value: np.ndarray, scope: str, records: list[GateRecord]) -> int:
     best, best_diff = -1, MATCH_TOLERANCE
     flat = value.reshape(-1)
     for i, record in enumerate(records):

@@ -1,6 +1,7 @@
 """One export, start to finish: build the model, export it, find its maps, verify, reduce precision,
 and write it into the repository. Any failure raises ExportError before the repository is touched."""
 
+import contextlib
 import dataclasses
 import hashlib
 import time
@@ -27,10 +28,11 @@ from attnserve.manifest import (
 )
 from export import quantize, repository, samples
 from export.adapter import INPUT_NAME, ExportAdapter
-from export.capture import GateRecorder
-from export.discovery import PromotedMap, cpu_session, discover, promote
+from export.capture import ExplicitAttention, GateRecorder
+from export.discovery import cpu_session, discover, promote
 from export.errors import ExportError
 from export.exporters import MIN_OPSET, export_onnx
+from export.self_attention import discover_self_attention, promote_self_attention
 from export.sources import SourceModel, checkpoint_record, from_arch, from_factory
 from export.verify import (
     agreement,
@@ -98,14 +100,15 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = print) -> tupl
     labels = _labels(req, source, adapter, sample)
 
     log(f"{name}: exporting ({task}, {size[0]}×{size[1]}, opset {req.opset})")
-    proto, exporter, failures = export_onnx(adapter, torch.from_numpy(sample), req.opset, req.exporter)
+    discovering = req.attention == "auto" and not source.declared
+    # attention written with fused kernels is exported (and recorded) with its softmax written out
+    with ExplicitAttention(source.module) if discovering else contextlib.nullcontext() as explicit:
+        proto, exporter, failures = export_onnx(adapter, torch.from_numpy(sample), req.opset, req.exporter)
     for failure in failures:
         log(f"{name}: fell back from {failure}")
-    discovered, skipped = _discovered_maps(req, source, adapter, proto, sample)
-    if discovered:
-        proto = promote(proto, discovered)
-    for line in skipped:
-        log(f"{name}: gate left out: {line}")
+    discovered = []
+    if discovering:
+        proto, discovered = _discover(name, proto, source, adapter, sample, log)
     attention = _attention_outputs(proto, sample, declared, discovered, size)
     names = [*PREDICTION_OUTPUTS[task], *(a.name for a in attention)]
 
@@ -118,6 +121,7 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = print) -> tupl
             samples.noise_images(PARITY_NOISE, size, samples.VERIFY_SEED),
         ]
     )
+    # PyTorch's outputs from the model as written: equal to the graph's, they prove any rewrite exact
     fp32_parity = parity(task, run_torch(adapter, images, discovered), run_onnx(proto, images, names), size)
     fp32_parity["images"] = f"{PARITY_SCENES} generated scenes and {PARITY_NOISE} uniform-noise images"
     if not fp32_parity["passed"]:
@@ -146,7 +150,12 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = print) -> tupl
         precision=req.precision,
         opset=req.opset,
         exporter=exporter,
-        source={**source.description, "attention": req.attention, "exporter_failures": failures},
+        source={
+            **source.description,
+            "attention": req.attention,
+            "exporter_failures": failures,
+            **_explicit_attention_record(explicit),
+        },
         versions=_versions(),
         verification=verification,
     )
@@ -239,12 +248,32 @@ def _declared_maps(req: ExportRequest, source: SourceModel) -> list:
     return specs if req.attention in ("auto", "declared") else []
 
 
-def _discovered_maps(req, source, adapter, proto, sample) -> tuple[list[PromotedMap], list[str]]:
-    if req.attention != "auto" or source.declared:
-        return [], []
-    with torch.no_grad(), GateRecorder(source.module) as recorder:
+def _discover(name, proto, source, adapter, sample, log) -> tuple[onnx.ModelProto, list]:
+    """The graph with every gate and self-attention map it holds as an output, and those maps."""
+    with torch.no_grad(), GateRecorder(source.module) as recorder, ExplicitAttention(source.module):
         adapter(torch.from_numpy(sample))
-    return discover(proto, sample, recorder.records)
+    gates, skipped_gates = discover(proto, sample, recorder.records)
+    attention, skipped_attention = discover_self_attention(proto, sample, recorder.records, source.input_size)
+    for what, lines in (("gate", skipped_gates), ("self-attention", skipped_attention)):
+        for line in lines:
+            log(f"{name}: {what} left out: {line}")
+    proto = promote(proto, gates) if gates else proto
+    proto = promote_self_attention(proto, attention) if attention else proto
+    return proto, [*gates, *attention]
+
+
+def _explicit_attention_record(explicit: ExplicitAttention | None) -> dict:
+    """What the manifest says of attention the export wrote out (nothing when it wrote none)."""
+    if explicit is None or not explicit.sources:
+        return {}
+    return {
+        "explicit_attention": {
+            "modules": explicit.sources,
+            "how": "F.scaled_dot_product_attention exported as softmax(q·kᵀ·scale + mask)·v, and "
+            "nn.MultiheadAttention with its per-head weights computed, so the probabilities are graph "
+            "tensors; the fp32 parity check compares the graph with the model as written",
+        }
+    }
 
 
 def _labels(req: ExportRequest, source: SourceModel, adapter: ExportAdapter, sample: np.ndarray) -> list[str]:

@@ -1,15 +1,18 @@
 """Checks that an exported graph is valid and computes what PyTorch computes, and the figures for the
 manifest. fp32 must match PyTorch within 1e-4; fp16 and int8 are compared with the fp32 graph."""
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
 import torch
 
 from attnserve.manifest import CLASSIFICATION
 from export.adapter import INPUT_NAME, ExportAdapter
-from export.capture import GateRecorder
+from export.capture import ExplicitAttention, GateRecorder
 from export.discovery import PromotedMap, cpu_session
 from export.errors import ExportError
+from export.self_attention import AttentionMap
 
 PARITY_TOLERANCE = 1e-4
 # Detections scoring below this are background; a near-tie among them may swap freely in the top K.
@@ -38,15 +41,19 @@ def run_onnx(
 
 @torch.no_grad()
 def run_torch(
-    adapter: ExportAdapter, images: np.ndarray, discovered: list[PromotedMap]
+    adapter: ExportAdapter, images: np.ndarray, discovered: Sequence[PromotedMap | AttentionMap]
 ) -> dict[str, np.ndarray]:
-    """The adapter's outputs, and each discovered map computed from PyTorch's own gate values."""
+    """The adapter's outputs from the model as written, and each discovered map computed from PyTorch's
+    own gate and attention values (recorded with attention written out, as it was exported)."""
     parts: list[dict[str, np.ndarray]] = []
     for i in range(0, len(images), BATCH):
-        with GateRecorder(adapter.model) as recorder:
-            outputs = adapter(torch.from_numpy(images[i : i + BATCH]))
+        batch = torch.from_numpy(images[i : i + BATCH])
+        outputs = adapter(batch)
         part = {name: t.numpy() for name, t in zip(adapter.output_names, outputs, strict=True)}
-        part.update({m.name: m.expected(recorder.records) for m in discovered})
+        if discovered:
+            with GateRecorder(adapter.model) as recorder, ExplicitAttention(adapter.model):
+                adapter(batch)
+            part.update({m.name: m.expected(recorder.records) for m in discovered})
         parts.append(part)
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 

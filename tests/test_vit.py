@@ -38,15 +38,16 @@ def test_self_attention_is_scaled_dot_product_attention_with_its_probabilities()
         MultiHeadSelfAttention(48, heads=5)
 
 
-def reference_rollout(layers: list[np.ndarray], class_token: bool) -> np.ndarray:
-    """Abnar & Zuidema as written: Â = ½A + ½I, rows renormalised, R = Â_L ⋯ Â_1 as full matrices."""
+def reference_rollout(layers: list[np.ndarray], leading: int) -> np.ndarray:
+    """Abnar & Zuidema as written: Â = ½A + ½I, rows renormalised, R = Â_L ⋯ Â_1 as full matrices; the
+    first token's row over the tokens after the ``leading`` ones (without any, the mean row)."""
     result = []
     for i in range(layers[0].shape[0]):
         r = np.eye(layers[0].shape[-1])
         for a in layers:  # first block first: R ← Â_l R
             mixed = 0.5 * a[i] + 0.5 * np.eye(a.shape[-1])
             r = (mixed / mixed.sum(axis=1, keepdims=True)) @ r
-        result.append(r[0, 1:] if class_token else r.mean(axis=0))
+        result.append(r[0, leading:] if leading else r.mean(axis=0))
     return np.stack(result)
 
 
@@ -58,7 +59,7 @@ def test_rollout_is_the_papers_product_of_every_block(class_token):
     layers = [rng.random((3, tokens, tokens)) ** 4 for _ in range(4)]
     layers = [a / a.sum(axis=-1, keepdims=True) for a in layers]
     got = rollout([torch.from_numpy(a) for a in layers], first=1 if class_token else 0).numpy()
-    np.testing.assert_allclose(got, reference_rollout(layers, class_token), rtol=1e-10)
+    np.testing.assert_allclose(got, reference_rollout(layers, int(class_token)), rtol=1e-10)
 
 
 def test_vit_maps_follow_the_patch_grid_of_any_input_size():
