@@ -20,11 +20,13 @@ from pathlib import Path
 
 import grpc
 
+from attnserve.manifest import MANIFEST_FILE, Manifest
 from bench import limits, report
 from bench.loadgen import run_load
 from bench.peer import start_mlserver
 from bench.workloads import ImageSet, TensorCalls, VisionCalls, image_set
 from export.cli import main as export_main
+from models.outputs import ROLLOUT
 from service.client import AsyncVisionClient
 from service.process import start_server
 
@@ -41,7 +43,7 @@ PROFILES = {
         int8_options={},
     ),
     "full": dict(
-        models=["cbam_classifier", "cbam_resnet50"],
+        models=["cbam_classifier", "vit_classifier", "cbam_resnet50"],
         concurrencies=[1, 4, 16, 64],
         requests=4000,
         seconds=20.0,
@@ -61,13 +63,15 @@ MAX_BATCH = 16
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the demo classifier only, short loads, no peer")
+    parser.add_argument("--models", nargs="+", help="these models instead of the profile's")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every contender")
     parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--work", type=Path, default=Path(".bench"), help="exported models, peer venv, logs")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--docs", type=Path, help="also write the markdown table here")
     args = parser.parse_args(argv)
-    profile = PROFILES["quick" if args.quick else "full"]
+    profile = {**PROFILES["quick" if args.quick else "full"]}
+    profile["models"] = args.models or profile["models"]
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {
         "command": command.strip(),
@@ -108,6 +112,12 @@ def bench_model(name: str, args, profile: dict) -> dict:
     out["limit"] = limits.onnx_limit(
         version_dir, images.tensors, args.threads, profile["batches"], profile["batch_seconds"], args.provider
     )
+    rollout = any(a.kind == ROLLOUT for a in Manifest.read(version_dir / MANIFEST_FILE).attention)
+    if rollout:  # what computing the rollout in the graph costs ONNX Runtime itself
+        out["limit_rollout"] = limits.onnx_limit(
+            version_dir, images.tensors, args.threads, profile["batches"], profile["batch_seconds"],
+            args.provider, maps=(ROLLOUT,),
+        )  # fmt: skip
     log(f"{name}: PyTorch eager")
     out["eager"] = limits.torch_eager(
         name, images.tensors, args.threads, profile["batches"], profile["batch_seconds"]
@@ -138,17 +148,19 @@ def bench_model(name: str, args, profile: dict) -> dict:
     try:
         log(f"{name}: attnserve, JPEGs at the model's size, concurrency {profile['concurrencies']}")
         out["attnserve"] = {
-            c: vision(server.target, name, images, False, c, load) for c in profile["concurrencies"]
+            c: vision(server.target, name, images, [], c, load) for c in profile["concurrencies"]
         }
         log(f"{name}: attnserve variants at concurrency {COMPARE_AT}")
-        out["attnserve_maps"] = vision(server.target, name, images, True, COMPARE_AT, load)
-        out["attnserve_1080p"] = vision(server.target, name, photos, False, COMPARE_AT, load)
+        out["attnserve_maps"] = vision(server.target, name, images, ["all"], COMPARE_AT, load)
+        if rollout:
+            out["attnserve_rollout"] = vision(server.target, name, images, [ROLLOUT], COMPARE_AT, load)
+        out["attnserve_1080p"] = vision(server.target, name, photos, [], COMPARE_AT, load)
         out["attnserve_v2_tensors"] = tensors(server.target, name, images, COMPARE_AT, load)
     finally:
         server.stop()
     server = start_server(repository, work / f"{name}-no-batching.log", *server_args, "--max-batch-size", "1")
     try:
-        out["attnserve_no_batching"] = vision(server.target, name, images, False, COMPARE_AT, load)
+        out["attnserve_no_batching"] = vision(server.target, name, images, [], COMPARE_AT, load)
     finally:
         server.stop()
     if profile["peer"]:
@@ -195,10 +207,12 @@ def export(name: str, repository: Path, precision: str = "fp32", int8_options: l
             raise SystemExit(f"could not export {target}")
 
 
-def vision(target: str, model: str, images: ImageSet, maps: bool, concurrency: int, load: dict) -> dict:
+def vision(
+    target: str, model: str, images: ImageSet, select: list[str], concurrency: int, load: dict
+) -> dict:
     async def go():
         async with AsyncVisionClient(target, timeout=120) as client:
-            calls = VisionCalls(client, model, images, maps)
+            calls = VisionCalls(client, model, images, select)
             return await run_load(calls, concurrency, check=calls.check, **load)
 
     return _finished(asyncio.run(go()))

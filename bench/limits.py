@@ -29,8 +29,10 @@ def onnx_limit(
     batches: list[int],
     seconds: float,
     provider: str = "cpu",
+    maps: tuple[str, ...] = (),
 ) -> dict:
-    """Best throughput of ``session.run`` over ``batches`` (predictions only), and batch-1 latency."""
+    """Best throughput of ``session.run`` over ``batches`` (the predictions and ``maps``), and batch-1
+    latency."""
     manifest = Manifest.read(version_dir / "manifest.json")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -43,7 +45,7 @@ def onnx_limit(
     for batch in batches:
         x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
         throughput, times = _timed(
-            lambda x=x: session.run(manifest.predictions, {"images": x}), batch, seconds
+            lambda x=x: session.run([*manifest.predictions, *maps], {"images": x}), batch, seconds
         )
         by_batch[batch] = round(throughput, 2)
         if batch == 1:

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             time.time(),
         )
         load = vision(
-            server.target, args.model, images, False, 16, dict(max_requests=10**6, max_seconds=args.seconds)
+            server.target, args.model, images, [], 16, dict(max_requests=10**6, max_seconds=args.seconds)
         )
         server_cpu = cpu_seconds(server.process.pid) - server_before
         own = resource.getrusage(0)

@@ -17,6 +17,12 @@ def ratios(r: dict) -> dict:
         if 1 in served
         else None,
         "maps_vs_no_maps": r["attnserve_maps"]["throughput_images_per_s"] / at,
+        "rollout_vs_no_maps": r["attnserve_rollout"]["throughput_images_per_s"] / at
+        if "attnserve_rollout" in r
+        else None,
+        "limit_rollout_vs_predictions": r["limit_rollout"]["best_throughput"] / r["limit"]["best_throughput"]
+        if "limit_rollout" in r
+        else None,
         "photos_1080p_vs_model_size": r["attnserve_1080p"]["throughput_images_per_s"] / at,
         "batching_on_vs_off": at / r["attnserve_no_batching"]["throughput_images_per_s"],
         "onnxruntime_vs_eager": r["limit"]["best_throughput"] / r["eager"]["best_throughput"],
@@ -40,6 +46,13 @@ GOALS = [  # (key, figure, goal text, test)
         lambda v: v <= 1.0,
     ),
     ("maps_vs_no_maps", "with every attention map / without (throughput)", "≥ 0.95", lambda v: v >= 0.95),
+    ("rollout_vs_no_maps", "with the rollout map / without (throughput)", "≥ 0.95", lambda v: v >= 0.95),
+    (
+        "limit_rollout_vs_predictions",
+        "session.run with the rollout / predictions only (throughput)",
+        "≥ 0.95",
+        lambda v: v >= 0.95,
+    ),
     ("photos_1080p_vs_model_size", "1080p JPEGs / model-size JPEGs", "≥ 0.8", lambda v: v >= 0.8),
     ("v2_throughput_vs_mlserver", "attnserve / MLServer throughput, V2, c=16", "≥ 2", lambda v: v >= 2),
     ("v2_p99_vs_mlserver", "attnserve / MLServer p99, V2 tensors, c=16", "≤ 1", lambda v: v <= 1),
@@ -54,7 +67,8 @@ def markdown(results: dict) -> str:
     lines = []
     for name, r in results["models"].items():
         figures = results["ratios"][name]
-        lines += [f"### {name}", "", "| figure | measured | goal | met |", "|---|---|---|---|"]
+        lines += [f"### {name}", "", measured_line(results), ""]
+        lines += ["| figure | measured | goal | met |", "|---|---|---|---|"]
         for key, label, goal, test in GOALS:
             if key in figures and figures[key] is not None:
                 met = "" if test is None else ("yes" if test(figures[key]) else "**no**")
@@ -64,6 +78,12 @@ def markdown(results: dict) -> str:
             f"| ONNX Runtime session.run, best batch ({r['limit']['best_batch']}) | "
             f"{r['limit']['best_throughput']} | {r['limit']['batch1_latency_ms']} (batch 1) | |"
         )
+        if "limit_rollout" in r:
+            rolled = r["limit_rollout"]
+            lines.append(
+                f"| ONNX Runtime session.run with the rollout, best batch ({rolled['best_batch']}) | "
+                f"{rolled['best_throughput']} | {rolled['batch1_latency_ms']} (batch 1) | |"
+            )
         eager = r["eager"]
         lines.append(
             f"| PyTorch eager, best batch ({eager['best_batch']}) | {eager['best_throughput']} | | |"
@@ -72,6 +92,7 @@ def markdown(results: dict) -> str:
             lines.append(_row(f"attnserve, JPEG at model size, c={c}", s))
         for key, label in (
             ("attnserve_maps", "attnserve, all maps, c=16"),
+            ("attnserve_rollout", "attnserve, rollout map, c=16"),
             ("attnserve_1080p", "attnserve, 1080p JPEG, c=16"),
             ("attnserve_no_batching", "attnserve, batching off, c=16"),
             ("attnserve_v2_tensors", "attnserve V2 tensors, c=16"),
@@ -89,22 +110,35 @@ def _row(label: str, s: dict) -> str:
 
 
 ANALYSIS_HEADING = "## Where the time goes"
+HEADER = (
+    "# Benchmarks\n\n"
+    "Each model's section comes from one run of the command it names (`make bench` runs them all; "
+    "`python -m bench --models NAME` re-measures one and keeps the others). Ratios come from one run on "
+    "one machine; absolute figures drift between runs on shared machines.\n\n"
+)
 
 
 def document(results: dict, table: str, previous: str = "") -> str:
-    """The benchmarks page: this run's figures, then the hand-written analysis kept from ``previous``."""
+    """The benchmarks page: this run's model sections, the sections of models it did not run kept from
+    ``previous`` (in their place), then the hand-written analysis kept from ``previous``."""
     analysis = previous[previous.index(ANALYSIS_HEADING) :] if ANALYSIS_HEADING in previous else ""
-    return _header(results) + table + ("\n" + analysis if analysis else "")
+    sections = _sections(previous[: len(previous) - len(analysis)])
+    sections.update(_sections(table))
+    return HEADER + "".join(sections.values()) + analysis
 
 
-def _header(results: dict) -> str:
+def _sections(text: str) -> dict[str, str]:
+    """``### name`` sections of a page, by model name, in page order."""
+    parts = ("\n" + text).split("\n### ")
+    return {part.split("\n", 1)[0]: "### " + part.rstrip("\n") + "\n\n" for part in parts[1:]}
+
+
+def measured_line(results: dict) -> str:
     m = results["machine"]
     v = ", ".join(f"{k} {x}" for k, x in results["versions"].items())
     return (
-        "# Benchmarks\n\n"
         f"Measured with `{results['command']}` on {time.strftime('%Y-%m-%d')}: {m['cpu']}, "
         f"{m['cores']} cores, "
         f"{results['threads']} threads for every contender, provider {results['provider']}; {v}. "
-        f"The run took {results['seconds']} s. Ratios come from one run on one machine; absolute figures "
-        "drift between runs on shared machines.\n\n"
+        f"The run took {results['seconds']} s."
     )

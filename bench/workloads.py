@@ -56,24 +56,25 @@ def check_top1(expected: np.ndarray, class_id: int, score: float) -> None:
 
 
 class VisionCalls:
-    """Classify over the vision API, one JPEG per request, optionally with every attention map."""
+    """Classify over the vision API, one JPEG per request, with the attention maps ``select`` names
+    (map names or kinds, ``["all"]``, or none)."""
 
-    def __init__(self, client: AsyncVisionClient, model: str, images: ImageSet, maps: bool) -> None:
-        self.client, self.model, self.images, self.maps = client, model, images, maps
+    def __init__(
+        self, client: AsyncVisionClient, model: str, images: ImageSet, select: list[str] = ()
+    ) -> None:
+        self.client, self.model, self.images, self.select = client, model, images, list(select)
 
     async def __call__(self, i: int):
         k = i % len(self.images.jpegs)
-        reply = await self.client.classify(
-            [self.images.jpegs[k]], self.model, top_k=1, select=["all"] if self.maps else []
-        )
+        reply = await self.client.classify([self.images.jpegs[k]], self.model, top_k=1, select=self.select)
         return k, reply
 
     def check(self, outcome) -> None:
         k, reply = outcome
         result = reply.results[0]
         check_top1(self.images.probabilities[k], result.labels[0].class_id, result.labels[0].score)
-        if self.maps and not result.maps:
-            raise AssertionError("maps were asked for and not returned")
+        if self.select and not result.maps:
+            raise AssertionError(f"maps {self.select} were asked for and not returned")
 
 
 class TensorCalls:

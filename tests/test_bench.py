@@ -6,7 +6,7 @@ import asyncio
 import grpc
 
 from bench.loadgen import run_load
-from bench.report import document
+from bench.report import document, measured_line
 from bench.workloads import TensorCalls, VisionCalls, image_set
 from service.client import AsyncVisionClient
 
@@ -42,7 +42,7 @@ def test_workloads_against_a_real_server(server, demo_repository):
 
     async def go():
         async with AsyncVisionClient(server.target) as client:
-            vision = VisionCalls(client, "cbam_classifier", images, maps=True)
+            vision = VisionCalls(client, "cbam_classifier", images, ["all"])
             with_maps = await run_load(vision, 2, 8, 30, check=vision.check)
         async with grpc.aio.insecure_channel(server.target) as channel:
             tensors = TensorCalls(channel, "cbam_classifier", images)
@@ -57,16 +57,21 @@ def test_workloads_against_a_real_server(server, demo_repository):
 
     async def mismatched():
         async with AsyncVisionClient(server.target) as client:
-            calls = VisionCalls(client, "cbam_classifier", wrong, maps=False)
+            calls = VisionCalls(client, "cbam_classifier", wrong)
             return await run_load(calls, 1, 4, 30, check=calls.check)
 
     assert asyncio.run(mismatched()).errors > 0, "checks catch answers to the wrong images"
 
 
-def test_regenerating_the_docs_keeps_the_analysis():
-    results = {"command": "python -m bench", "machine": {"cpu": "cpu", "cores": 2}, "threads": 2,
+def test_regenerating_the_docs_keeps_the_analysis_and_the_models_not_run():
+    results = {"command": "python -m bench --models b", "machine": {"cpu": "cpu", "cores": 2}, "threads": 2,
                "provider": "cpu", "versions": {"attnserve": "0.1.0"}, "seconds": 1.0}  # fmt: skip
-    previous = "# Benchmarks\n\nold table\n\n## Where the time goes\n\nprofiles and reasons\n"
-    page = document(results, "| new | table |\n", previous)
-    assert "| new | table |" in page and "old table" not in page
+    previous = (
+        "# Benchmarks\n\nold header\n\n### a\n\nMeasured with `make bench`\n\n| a | old |\n\n"
+        "### b\n\n| b | old |\n\n## Where the time goes\n\nprofiles and reasons\n"
+    )
+    page = document(results, "### b\n\n" + measured_line(results) + "\n\n| b | new |\n", previous)
+    assert "| b | new |" in page and "| b | old |" not in page and "old header" not in page
+    assert page.index("| a | old |") < page.index("| b | new |")  # kept in its place
+    assert "Measured with `make bench`" in page and "Measured with `python -m bench --models b`" in page
     assert page.endswith("## Where the time goes\n\nprofiles and reasons\n")
