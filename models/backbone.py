@@ -53,8 +53,8 @@ class ResidualBlock(nn.Module):
 
 
 class ResNetBackbone(nn.Module):
-    """A stride-2 stem and four stages at strides 2, 4, 8, 16 (4, 8, 16, 32 with ``stem_pool``, ResNet-50's
-    layout); returns every stage's features."""
+    """A stride-2 stem and up to four stages at strides 2, 4, 8, 16 (4, 8, 16, 32 with ``stem_pool``,
+    ResNet-50's layout), one per width; returns every stage's features."""
 
     STAGE_STRIDES = (1, 2, 2, 2)
     # the input normalisation applied inside forward() (same for R, G and B); exporters record it
@@ -83,7 +83,8 @@ class ResNetBackbone(nn.Module):
         self.stage_ends: set[int] = set()  # index of each stage's last block: its output is a feature map
         self.stage_strides: list[int] = []
         stride, in_ch = (4 if stem_pool else 2), stem_width
-        for stage, (width, depth, s) in enumerate(zip(widths, depths, self.STAGE_STRIDES, strict=True), 1):
+        strides = self.STAGE_STRIDES[: len(widths)]
+        for stage, (width, depth, s) in enumerate(zip(widths, depths, strides, strict=True), 1):
             stride *= s
             self.stage_strides.append(stride)
             for i in range(depth):

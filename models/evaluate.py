@@ -1,7 +1,9 @@
 """Measure models on held-out generated scenes: accuracy or mAP@0.5, and how well each attention map
 points at the objects (pointing game, energy-in-box) next to the centre-point and uniform-map baselines.
+Two sets: scenes in the training style (another seed), and scenes in the shifted style
+(models.scenes.SHIFTED: sizes and styles outside every training range).
 
-    python -m models.evaluate                       # the three demo models, 1000 scenes each
+    python -m models.evaluate                       # the demo models, 1000 scenes of each set
     python -m models.evaluate --write docs/models.md
 """
 
@@ -18,6 +20,8 @@ from models.outputs import CAM, ROLLOUT, SELF_ATTENTION, SPATIAL
 from models.scenes import generate
 
 EVAL_SEED = 1000  # held out: training uses seed 1, validation seed 2
+SHIFTED_SEED = 2000
+SETS = {"held_out": (EVAL_SEED, False), "shifted": (SHIFTED_SEED, True)}  # name: (seed, shifted style)
 EVAL_COMMAND = "python -m models.evaluate --write docs/models.md"
 
 
@@ -28,12 +32,18 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, config: dict, count: int = 1000, seed: int = EVAL_SEED, maps: bool = True
+    model: nn.Module,
+    config: dict,
+    count: int = 1000,
+    seed: int = EVAL_SEED,
+    maps: bool = True,
+    shifted: bool = False,
 ) -> dict:
-    """Task quality (``top1`` or ``map50``) and, with ``maps``, per-map pointing game and energy-in-box."""
+    """Task quality (``top1`` or ``map50``) and, with ``maps``, per-map pointing game and energy-in-box,
+    on ``count`` scenes of the training style or, with ``shifted``, of the shifted one."""
     detector = config["arch"] == "detector"
     size = config["input_size"]
-    scenes = generate("detection" if detector else "classification", seed, count, size)
+    scenes = generate("detection" if detector else "classification", seed, count, size, shifted=shifted)
     plane_kinds = (SPATIAL, CAM, ROLLOUT, SELF_ATTENTION)  # maps a pointing game can read
     map_specs = [s for s in model.output_specs if s.kind in plane_kinds] if maps else []
     tolerance = metrics.pointing_tolerance(size)
@@ -76,14 +86,21 @@ def evaluate(
     return result
 
 
-def markdown_report(results: dict[str, dict], count: int) -> str:
+def markdown_report(results: dict[str, dict[str, dict]], count: int) -> str:
+    """``results[model][set]`` as evaluate() returns them, for the sets in SETS."""
     lines = [
         "# Demo models",
         "",
-        f"Measured on {count} held-out generated scenes per model (seed {EVAL_SEED}; training uses seed 1)",
-        "by this command, which rewrites this file:",
+        f"Measured on {count} generated scenes per model and set by this command, which rewrites this file:",
         "",
         f"    .venv/bin/{EVAL_COMMAND}",
+        "",
+        f"- **held-out**: the training style (`models.scenes.TRAINING`), seed {EVAL_SEED}; training uses",
+        "  seed 1 and validation seed 2.",
+        f"- **shifted**: `models.scenes.SHIFTED`, seed {SHIFTED_SEED}, drawn by a function training never",
+        "  calls: objects larger than any in training (45–60 % of the side for classifiers), four",
+        "  background textures training never sees, drop shadows, tone curves, salt-and-pepper noise,",
+        "  JPEG quality 8–22.",
         "",
         "Pointing game: a hit when the arg-max of the map, upsampled to the image, lies within",
         "15 px × (image size / 224) of a ground-truth box (CAMs are read at the true class).",
@@ -91,20 +108,26 @@ def markdown_report(results: dict[str, dict], count: int) -> str:
         "Baselines: the image centre as the point, and a uniform map (the boxes' area fraction).",
         "",
     ]
-    for name, r in results.items():
-        quality = f"top-1 accuracy **{r['top1']:.3f}**" if "top1" in r else f"mAP@0.5 **{r['map50']:.3f}**"
+    for name, sets in results.items():
+        held, shifted = sets["held_out"], sets["shifted"]
+        metric, label = ("top1", "top-1 accuracy") if "top1" in held else ("map50", "mAP@0.5")
         lines += [
             f"## {name}",
             "",
-            f"{quality}",
+            f"{label}: **{held[metric]:.3f}** held-out, **{shifted[metric]:.3f}** shifted",
             "",
-            "| map | pointing game | energy-in-box |",
-            "|---|---|---|",
+            "| map | pointing game, held-out | shifted | energy-in-box, held-out | shifted |",
+            "|---|---|---|---|---|",
         ]
-        for map_name, m in r["maps"].items():
-            lines.append(f"| `{map_name}` | {m['pointing']:.3f} | {m['energy']:.3f} |")
-        baselines = f"{r['centre_baseline_pointing']:.3f} | {r['uniform_baseline_energy']:.3f}"
-        lines.append(f"| centre-point / uniform-map baseline | {baselines} |")
+        for map_name, m in held["maps"].items():
+            s = shifted["maps"][map_name]
+            figures = (m["pointing"], s["pointing"], m["energy"], s["energy"])
+            lines.append(f"| `{map_name}` | " + " | ".join(f"{v:.3f}" for v in figures) + " |")
+        lines.append(
+            "| centre-point / uniform-map baseline | "
+            f"{held['centre_baseline_pointing']:.3f} | {shifted['centre_baseline_pointing']:.3f} | "
+            f"{held['uniform_baseline_energy']:.3f} | {shifted['uniform_baseline_energy']:.3f} |"
+        )
         lines.append("")
     return "\n".join(lines)
 
@@ -116,7 +139,7 @@ def main() -> None:
     p.add_argument(
         "--checkpoint", type=Path, action="append", help="checkpoint(s) to measure (default: the demos)"
     )
-    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--count", type=int, default=1000, help="scenes per set")
     p.add_argument("--write", type=Path, help="also write the report to this markdown file")
     a = p.parse_args()
     paths = a.checkpoint or [demo_checkpoint(n) for n in DEMO_MODELS]
@@ -126,7 +149,10 @@ def main() -> None:
     results = {}
     for path in paths:
         model, config = load_checkpoint(path)
-        results[path.stem] = evaluate(model, config, a.count)
+        results[path.stem] = {
+            name: evaluate(model, config, a.count, seed, shifted=shifted)
+            for name, (seed, shifted) in SETS.items()
+        }
     report = markdown_report(results, a.count)
     print(report)
     if a.write:

@@ -1,13 +1,21 @@
 """Procedural, seed-deterministic scenes of six shape classes on cluttered, textured backgrounds.
 
-Appearance is varied broadly (background texture, colour, scale, rotation, aspect, filled or
-outlined, gradient fills, distractor strokes, occluders, blur, noise, JPEG) so models learn the
-shapes rather than this generator's quirks. Boxes are exact: each object is drawn into its own mask
-first, and its box is the mask's bounding box (amodal: occluders drawn later do not shrink it).
+Appearance is varied broadly (background texture, colour and contrast, object size from 8 % to 45 %
+of the image side, rotation, aspect, filled or outlined, solid, gradient or patterned fills, several
+objects, distractor strokes, occluders, blur, noise, JPEG) so models learn the shapes rather than this
+generator's quirks. Boxes are exact: each object is drawn into its own mask first, and its box is the
+mask's bounding box (amodal: occluders drawn later do not shrink it).
+
+Every range lives in a ``Style``. ``TRAINING`` is what training, validation and the usual evaluation
+draw; ``SHIFTED`` (``shifted_scene``) lies outside it on purpose — objects larger than any in
+training, background textures, drop shadows, tone curves, salt-and-pepper noise and JPEG qualities
+that training never sees — and only evaluation calls it, to measure how models hold on images this
+generator's training style did not make.
 """
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import Pool
 
@@ -38,39 +46,80 @@ def _luminance(rgb) -> float:
 
 
 # ---------------------------------------------------------------- backgrounds
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    kind = rng.integers(0, 6)
+# Each texture is a size×size field in [0, 1] that blends two colours; training and the shifted
+# style draw from different lists.
+Texture = Callable[[np.random.Generator, np.ndarray, np.ndarray], np.ndarray]
+
+
+def _flat(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    return np.zeros_like(xx)
+
+
+def _linear_gradient(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    a = rng.uniform(0, 2 * math.pi)
+    return (xx * math.cos(a) + yy * math.sin(a)) % 1.0
+
+
+def _stripes(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    a, f = rng.uniform(0, math.pi), rng.uniform(3, 14)
+    return 0.5 + 0.5 * np.sin(2 * math.pi * f * (xx * math.cos(a) + yy * math.sin(a)))
+
+
+def _checkerboard(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    n = rng.integers(3, 12)
+    return ((np.floor(xx * n) + np.floor(yy * n)) % 2).astype(np.float32)
+
+
+def _resized(field: np.ndarray, size: int, resample: int = Image.BICUBIC) -> np.ndarray:
+    return (
+        np.asarray(Image.fromarray((field * 255).astype(np.uint8)).resize((size, size), resample), np.float32)
+        / 255
+    )
+
+
+def _value_noise(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    cells = int(rng.integers(3, 9))
+    return _resized(rng.random((cells, cells)), xx.shape[0])
+
+
+def _blotches(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    t = rng.random(xx.shape).astype(np.float32)
+    t = np.asarray(
+        Image.fromarray((t * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(rng.uniform(2, 6))),
+        np.float32,
+    )
+    return (t - t.min()) / max(1.0, float(np.ptp(t)))
+
+
+def _rings(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Concentric rings about a random centre (shifted style only)."""
+    cx, cy, f = *rng.uniform(0, 1, 2), rng.uniform(4, 12)
+    return 0.5 + 0.5 * np.sin(2 * math.pi * f * np.hypot(xx - cx, yy - cy))
+
+
+def _mosaic(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Tiles of random brightness, hard-edged (shifted style only)."""
+    cells = int(rng.integers(4, 10))
+    return _resized(rng.random((cells, cells)), xx.shape[0], Image.NEAREST)
+
+
+def _fractal_noise(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Several octaves of value noise, fine grain included (shifted style only)."""
+    t = sum(_resized(rng.random((c, c)), xx.shape[0]) / (i + 1) for i, c in enumerate((4, 9, 20, 44)))
+    return (t - t.min()) / max(1e-6, float(np.ptp(t)))
+
+
+def _dots(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """A lattice of round dots (shifted style only)."""
+    n, r = rng.uniform(5, 12), rng.uniform(0.2, 0.4)
+    return (np.hypot((xx * n) % 1 - 0.5, (yy * n) % 1 - 0.5) < r).astype(np.float32)
+
+
+def _background(rng: np.random.Generator, size: int, textures: tuple[Texture, ...]) -> np.ndarray:
     c1, c2 = np.array(_random_colour(rng), np.float32), np.array(_random_colour(rng), np.float32)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    if kind == 0:  # flat
-        t = np.zeros((size, size), np.float32)
-    elif kind == 1:  # linear gradient at a random angle
-        a = rng.uniform(0, 2 * math.pi)
-        t = (xx * math.cos(a) + yy * math.sin(a)) % 1.0
-    elif kind == 2:  # stripes
-        a, f = rng.uniform(0, math.pi), rng.uniform(3, 14)
-        t = 0.5 + 0.5 * np.sin(2 * math.pi * f * (xx * math.cos(a) + yy * math.sin(a)))
-    elif kind == 3:  # checkerboard
-        n = rng.integers(3, 12)
-        t = ((np.floor(xx * n) + np.floor(yy * n)) % 2).astype(np.float32)
-    elif kind == 4:  # smooth value noise
-        cells = int(rng.integers(3, 9))
-        coarse = rng.random((cells, cells)).astype(np.float32)
-        t = (
-            np.asarray(
-                Image.fromarray((coarse * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC),
-                np.float32,
-            )
-            / 255
-        )
-    else:  # blotches
-        t = rng.random((size, size)).astype(np.float32)
-        t = np.asarray(
-            Image.fromarray((t * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(rng.uniform(2, 6))),
-            np.float32,
-        )
-        t = (t - t.min()) / max(1.0, float(np.ptp(t)))
-    t *= rng.uniform(0.2, 1.0)  # texture contrast
+    t = textures[int(rng.integers(0, len(textures)))](rng, xx, yy)
+    t = t * rng.uniform(0.2, 1.0)  # texture contrast
     img = c1[None, None] * (1 - t[..., None]) + c2[None, None] * t[..., None]
     img += rng.normal(0, rng.uniform(0, 10), img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
@@ -148,7 +197,7 @@ def _shape_mask(
     filled = rng.random() < 0.6
     width = max(2, int(round(r * rng.uniform(0.1, 0.18))))
     rot = rng.uniform(0, 2 * math.pi)
-    aspect = rng.uniform(0.85, 1.15)  # mild anisotropic stretch, then rotate
+    aspect = math.exp(rng.uniform(-0.28, 0.28))  # anisotropic stretch up to 1.33:1, then rotate
     name = CLASS_NAMES[label]
     if name in ("circle", "ring"):
         rx, ry = r * aspect, r / aspect
@@ -183,24 +232,27 @@ def _shape_mask(
 
 
 def _fill_layer(rng: np.random.Generator, size: int, base: tuple[int, int, int]) -> Image.Image:
-    """Solid colour or a gradient between two colours of similar brightness."""
-    if rng.random() < 0.7:
+    """Solid colour, a gradient between two colours of similar brightness, or a two-tone pattern."""
+    kind = rng.random()
+    if kind < 0.55:
         return Image.new("RGB", (size, size), base)
-    other = np.clip(np.array(base) + rng.normal(0, 50, 3), 0, 255)
-    t = np.linspace(0, 1, size, dtype=np.float32)[None, :, None]
-    grad = np.array(base, np.float32) * (1 - t) + other.astype(np.float32) * t
-    grad = np.repeat(grad, size, axis=0)
-    if rng.random() < 0.5:
-        grad = grad.transpose(1, 0, 2)
-    return Image.fromarray(grad.astype(np.uint8))
+    other = np.clip(np.array(base) + rng.normal(0, 50, 3), 0, 255).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    if kind < 0.8:
+        t = _linear_gradient(rng, xx, yy)[..., None]
+    else:  # stripes or checks inside the shape, its outline still the class's
+        t = (_stripes if rng.random() < 0.5 else _checkerboard)(rng, xx * 3, yy * 3)[..., None]
+    return Image.fromarray((np.array(base, np.float32) * (1 - t) + other * t).astype(np.uint8))
 
 
-def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> tuple[int, int, int]:
-    """A colour whose brightness differs enough from the local background to be seen."""
+def _contrasting_colour(
+    rng: np.random.Generator, background: np.ndarray, contrast: float
+) -> tuple[int, int, int]:
+    """A colour whose brightness differs from the local background's by ``contrast`` (0–255) or more."""
     bg = _luminance(background.reshape(-1, 3).mean(0))
     best = _random_colour(rng)
     for _ in range(20):
-        if abs(_luminance(best) - bg) > 60:
+        if abs(_luminance(best) - bg) > contrast:
             break
         best = _random_colour(rng)
     return best
@@ -227,9 +279,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _occlude(rng: np.random.Generator, img: Image.Image, box: np.ndarray) -> None:
-    """A small rectangle or ellipse over part of the object, hiding at most about a fifth of it."""
+    """A small rectangle or ellipse over part of the object, hiding at most about a sixth of it."""
     w, h = box[2] - box[0], box[3] - box[1]
-    ow, oh = w * rng.uniform(0.15, 0.35), h * rng.uniform(0.15, 0.35)
+    ow, oh = w * rng.uniform(0.15, 0.4), h * rng.uniform(0.15, 0.4)
     ox = rng.uniform(box[0] - ow / 2, box[2] - ow / 2)
     oy = rng.uniform(box[1] - oh / 2, box[3] - oh / 2)
     shape = [ox, oy, ox + ow, oy + oh]
@@ -238,74 +290,169 @@ def _occlude(rng: np.random.Generator, img: Image.Image, box: np.ndarray) -> Non
     draw.rectangle(shape, fill=colour) if rng.random() < 0.5 else draw.ellipse(shape, fill=colour)
 
 
-def _finish(rng: np.random.Generator, img: Image.Image) -> np.ndarray:
-    """Blur, sensor noise and JPEG compression."""
+def _shadow(rng: np.random.Generator, img: Image.Image, mask: Image.Image) -> Image.Image:
+    """A soft dark copy of the object's mask, offset down and to one side (shifted style only)."""
+    offset = max(1, int(round(img.size[0] * rng.uniform(0.015, 0.04))))
+    shadow = mask.transform(mask.size, Image.AFFINE, (1, 0, -offset * rng.choice((-1, 1)), 0, 1, -offset))
+    shadow = shadow.filter(ImageFilter.GaussianBlur(offset / 2)).point(lambda v: int(v * 0.6))
+    return Image.composite(Image.new("RGB", img.size, (0, 0, 0)), img, shadow)
+
+
+@dataclass(frozen=True)
+class Style:
+    """The range of every appearance variable a scene draws from."""
+
+    textures: tuple[Texture, ...]
+    classification_diameter: tuple[float, float]  # object diameter, as a share of the image side
+    detection_diameter: tuple[float, float]
+    detection_count: tuple[int, int]  # objects per detection scene, inclusive
+    instances: tuple[float, ...]  # chance of 1, 2, … objects (all of one class) in a classification scene
+    contrast: tuple[float, float]  # least brightness difference between object and background
+    jpeg_quality: tuple[int, int]  # inclusive
+    noise: float  # largest Gaussian noise σ, in 0–255 levels
+    salt_and_pepper: float  # largest share of pixels set to black or white
+    shadow: float  # chance of a drop shadow under each object
+    gamma: tuple[float, float]  # tone curve exponent's |log| range; (0, 0) leaves tones alone
+
+
+TRAINING = Style(
+    textures=(_flat, _linear_gradient, _stripes, _checkerboard, _value_noise, _blotches),
+    classification_diameter=(0.08, 0.45),
+    detection_diameter=(0.08, 0.45),
+    detection_count=(1, 6),
+    instances=(0.75, 0.18, 0.07),
+    contrast=(35, 70),
+    jpeg_quality=(25, 95),
+    noise=18,
+    salt_and_pepper=0,
+    shadow=0,
+    gamma=(0, 0),
+)
+# Outside TRAINING on purpose: objects up to 60 % of the side, four textures, shadows, tone curves,
+# impulse noise and JPEG qualities training never draws. Only evaluation uses it.
+SHIFTED = Style(
+    textures=(_rings, _mosaic, _fractal_noise, _dots),
+    classification_diameter=(0.45, 0.6),
+    detection_diameter=(0.3, 0.55),
+    detection_count=(1, 4),
+    instances=(1.0,),
+    contrast=(35, 70),
+    jpeg_quality=(8, 22),
+    noise=6,
+    salt_and_pepper=0.02,
+    shadow=0.6,
+    gamma=(0.3, 0.7),
+)
+
+
+def _finish(rng: np.random.Generator, img: Image.Image, style: Style) -> np.ndarray:
+    """Blur, tone curve, sensor noise and JPEG compression."""
     if rng.random() < 0.5:
-        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.3)))
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.6)))
     arr = np.asarray(img, np.float32)
-    arr = np.clip(arr + rng.normal(0, rng.uniform(0, 12), arr.shape), 0, 255).astype(np.uint8)
+    if style.gamma[1] > 0:
+        gamma = math.exp(rng.uniform(*style.gamma) * rng.choice((-1, 1)))
+        arr = 255 * (arr / 255) ** gamma
+    arr = np.clip(arr + rng.normal(0, rng.uniform(0, style.noise), arr.shape), 0, 255).astype(np.uint8)
+    if style.salt_and_pepper > 0:
+        hit = rng.random(arr.shape[:2]) < rng.uniform(0, style.salt_and_pepper)
+        arr[hit] = rng.choice(np.array([0, 255], np.uint8), int(hit.sum()))[:, None]
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=int(rng.integers(30, 96)))
+    quality = int(rng.integers(style.jpeg_quality[0], style.jpeg_quality[1] + 1))
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
-def _render(rng: np.random.Generator, size: int, radii: list[float]) -> Scene:
-    img = Image.fromarray(_background(rng, size))
+def _render(
+    rng: np.random.Generator, size: int, radii: list[float], style: Style, label: int | None = None
+) -> Scene:
+    """Objects of the given radii (each of a random class, or all of ``label``) placed where they fit."""
+    img = Image.fromarray(_background(rng, size, style.textures))
     _draw_strokes(rng, img, int(rng.integers(2, 9)))
     boxes, labels, taken = [], [], []
     for r in radii:
         centre = _place(rng, size, r, taken)
         if centre is None:
             continue
-        label = int(rng.integers(0, len(CLASS_NAMES)))
-        mask = _shape_mask(rng, label, size, *centre, r)
+        object_label = int(rng.integers(0, len(CLASS_NAMES))) if label is None else label
+        mask = _shape_mask(rng, object_label, size, *centre, r)
         bbox = mask.getbbox()
         if bbox is None:
             continue
         box = np.array(bbox, np.float32)
         x1, y1, x2, y2 = (int(v) for v in bbox)
-        colour = _contrasting_colour(rng, np.asarray(img)[y1:y2, x1:x2])
+        if rng.random() < style.shadow:
+            img = _shadow(rng, img, mask)
+        colour = _contrasting_colour(rng, np.asarray(img)[y1:y2, x1:x2], rng.uniform(*style.contrast))
         img = Image.composite(_fill_layer(rng, size, colour), img, mask)
-        if rng.random() < 0.3:
+        if rng.random() < 0.35:
             _occlude(rng, img, box)
         taken.append(box)
         boxes.append(box)
-        labels.append(label)
+        labels.append(object_label)
     if rng.random() < 0.5:
         _draw_strokes(rng, img, int(rng.integers(1, 4)))  # strokes over objects too
     return Scene(
-        image=_finish(rng, img),
+        image=_finish(rng, img, style),
         boxes=np.array(boxes, np.float32).reshape(-1, 4),
         labels=np.array(labels, np.int64),
     )
 
 
-def classification_scene(seed: int, index: int, size: int = 96) -> Scene:
-    """One object, its diameter about 24–52 % of the image side, anywhere in the image."""
-    rng = _rng(seed, index)
+def _classification(rng: np.random.Generator, size: int, style: Style) -> Scene:
+    """One to a few objects of one class (the scene's label), anywhere in the image."""
+    label = int(rng.integers(0, len(CLASS_NAMES)))
+    count = 1 + int(rng.choice(len(style.instances), p=style.instances))
     while True:
-        scene = _render(rng, size, [rng.uniform(0.12, 0.26) * size])
-        if len(scene.labels) == 1:
+        radii = list(rng.uniform(*style.classification_diameter, count) * size / 2)
+        scene = _render(rng, size, radii, style, label)
+        if len(scene.labels):
             return scene
 
 
+def _detection(rng: np.random.Generator, size: int, style: Style) -> Scene:
+    count = int(rng.integers(style.detection_count[0], style.detection_count[1] + 1))
+    while True:
+        scene = _render(rng, size, list(rng.uniform(*style.detection_diameter, count) * size / 2), style)
+        if len(scene.labels):
+            return scene
+
+
+SCENE_KINDS = ("classification", "detection")
+
+
+def classification_scene(seed: int, index: int, size: int = 96) -> Scene:
+    """Training style: one object (sometimes two or three of one class), diameter 8–45 % of the side."""
+    return _classification(_rng(seed, index), size, TRAINING)
+
+
 def detection_scene(seed: int, index: int, size: int = 128) -> Scene:
-    """One to six objects of radius 7–26 px at 128 px, overlapping little, with exact boxes."""
+    """Training style: one to six objects of diameter 8–45 % of the side, overlapping little."""
+    return _detection(_rng(seed, index), size, TRAINING)
+
+
+def shifted_scene(kind: str, seed: int, index: int, size: int) -> Scene:
+    """A ``kind`` scene in the SHIFTED style, outside every training range; for evaluation only."""
     rng = _rng(seed, index)
-    count = int(rng.integers(1, 7))
-    return _render(rng, size, list(rng.uniform(0.055, 0.2, count) * size))
+    return (_classification if kind == "classification" else _detection)(rng, size, SHIFTED)
 
 
 def _make(args: tuple) -> Scene:
-    kind, seed, index, size = args
+    kind, seed, index, size, shifted = args
+    if shifted:
+        return shifted_scene(kind, seed, index, size)
     return (classification_scene if kind == "classification" else detection_scene)(seed, index, size)
 
 
-def generate(kind: str, seed: int, count: int, size: int, workers: int = 2) -> list[Scene]:
-    """``count`` scenes of ``kind`` ("classification" or "detection"); scene i depends only on (seed, i)."""
-    if kind not in ("classification", "detection"):
+def generate(
+    kind: str, seed: int, count: int, size: int, workers: int = 2, shifted: bool = False
+) -> list[Scene]:
+    """``count`` scenes of ``kind`` ("classification" or "detection"); scene i depends only on (seed, i).
+
+    ``shifted`` draws them in the SHIFTED style instead of the training one."""
+    if kind not in SCENE_KINDS:
         raise ValueError(f"unknown scene kind {kind!r}")
-    jobs = [(kind, seed, i, size) for i in range(count)]
+    jobs = [(kind, seed, i, size, shifted) for i in range(count)]
     if workers <= 1 or count < 64:
         return [_make(j) for j in jobs]
     with Pool(workers) as pool:

@@ -107,6 +107,7 @@ def train(
     out: Path,
     val_count: int = 300,
     init: Path | None = None,
+    weight_decay: float = 1e-4,
 ) -> dict:
     """Train, validating five times on ``val_count`` scenes; returns the per-step losses and last metrics."""
     torch.manual_seed(seed)
@@ -121,7 +122,7 @@ def train(
     scenes = generate(kind, TRAIN_SEED, train_size, size)
     images = np.stack([s.image for s in scenes])
     print(f"{name}: generated {train_size} {kind} scenes in {time.time() - t0:.0f}s", flush=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     val_every = max(1, steps // 5)
     bar = tqdm(range(1, steps + 1), desc=name, mininterval=5)
@@ -144,7 +145,7 @@ def train(
             )
             loss = detection_loss(raw, targets)
         else:
-            y = torch.from_numpy(np.concatenate([s.labels for s in batch_scenes]))
+            y = torch.from_numpy(np.array([s.labels[0] for s in batch_scenes]))  # one class per scene
             loss = F.cross_entropy(model(x)["logits"], y, label_smoothing=0.05)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -167,6 +168,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--train-size", type=int, default=None, help="distinct generated training scenes")
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW's (transformers want about 0.05)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument(
@@ -186,7 +188,9 @@ def main() -> None:
     if a.init is not None and not a.init.is_file():
         p.error(f"--init: no checkpoint at {a.init}")
     out = a.out or demo_checkpoint(a.model)
-    train(a.model, config, steps, batch, train_size, a.lr, a.seed, out, init=a.init)
+    train(
+        a.model, config, steps, batch, train_size, a.lr, a.seed, out, init=a.init, weight_decay=a.weight_decay
+    )
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ maps a transformer really has, computed in the graph:
   (r ← r Â_l from the last block down), O(L·T²) instead of O(L·T³). Without a class token (mean-pooled
   tokens) the row is the mean of all rows.
 
-``stem="patch"`` embeds non-overlapping patches with one strided convolution; ``stem="conv"`` is the
-hybrid: a small stride-4 CNN, then patches of ``patch / 4`` of its features. Inputs of any size whose
+``stem="patch"`` embeds non-overlapping patches with one strided convolution; ``stem="conv"`` is a
+hybrid: a small stride-4 CNN, then patches of ``patch / 4`` of its features; ``stem="resnet"`` is ViT's
+own hybrid (the paper's ResNet stem, small): the first three stages of the demo classifiers' ResNet
+(stride 8, no attention gates), each cell of its features one token, so a classifier checkpoint's
+convolutions can start it (``models.train --init``). Inputs of any size whose
 sides are multiples of ``patch`` work: the learned position embedding (for a ``grid``×``grid`` layout)
 is resized bilinearly to the input's patch grid.
 """
@@ -23,6 +26,8 @@ from torch import nn
 from models.attention.self_attention import MultiHeadSelfAttention
 from models.backbone import ResNetBackbone, conv_bn_relu
 from models.outputs import PREDICTION, ROLLOUT, SELF_ATTENTION, OutputSpec
+
+RESNET_STEM_WIDTHS = (24, 48, 96)  # the demo classifiers' first three stages
 
 
 class TransformerBlock(nn.Module):
@@ -70,8 +75,14 @@ class VisionTransformer(nn.Module):
                 conv_bn_relu(3, dim // 4, 3, 2), conv_bn_relu(dim // 4, dim // 2, 3, 2),
                 nn.Conv2d(dim // 2, dim, patch // 4, stride=patch // 4),
             )  # fmt: skip
+        elif stem == "resnet" and patch == 8:
+            self.backbone = ResNetBackbone(widths=RESNET_STEM_WIDTHS, depths=(1, 1, 1))
+            self.embed = nn.Conv2d(RESNET_STEM_WIDTHS[-1], dim, 1)
         else:
-            raise ValueError(f"stem {stem!r} with patch {patch}: use 'patch', or 'conv' with a multiple of 4")
+            raise ValueError(
+                f"stem {stem!r} with patch {patch}: use 'patch', 'conv' with a multiple of 4, "
+                "or 'resnet' with 8"
+            )
         self.class_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
         self.position = nn.Parameter(torch.randn(1, dim, grid, grid) * 0.02)  # patch positions, as a grid
         self.class_position = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
@@ -92,7 +103,10 @@ class VisionTransformer(nn.Module):
         """Patch tokens with positions (class token first, when there is one) and the patch grid."""
         if x.shape[2] % self.patch or x.shape[3] % self.patch:
             raise ValueError(f"input {tuple(x.shape[2:])} is not a multiple of the {self.patch}-pixel patch")
-        patches = self.embed((x - self.INPUT_MEAN) / self.INPUT_STD)
+        if hasattr(self, "backbone"):  # it normalises its input itself
+            patches = self.embed(self.backbone(x)[0][-1])
+        else:
+            patches = self.embed((x - self.INPUT_MEAN) / self.INPUT_STD)
         grid = (patches.shape[2], patches.shape[3])
         position = self.position
         if tuple(position.shape[2:]) != grid:

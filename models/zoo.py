@@ -22,6 +22,16 @@ DEMO_MODELS: dict[str, dict] = {
     "cbam_classifier": {"arch": "classifier", "attn": "cbam", "input_size": 96},
     "eca_classifier": {"arch": "classifier", "attn": "eca", "input_size": 96},
     "harnet_detector": {"arch": "detector", "input_size": 128},
+    # a hybrid ViT: a ResNet stem to stride 8 (a 12×12 token grid), then 4 blocks of 4 heads
+    "vit_classifier": {
+        "arch": "vit",
+        "input_size": 96,
+        "patch": 8,
+        "grid": 12,
+        "dim": 96,
+        "depth": 4,
+        "stem": "resnet",
+    },
 }
 
 
@@ -39,8 +49,6 @@ ARCH_PRESETS: dict[str, dict] = {
         "stem_width": 64,
         "stem_pool": True,
     },
-    # a small ViT (8-pixel patches, 12×12 grid, 4 blocks of 4 heads), its rollout and per-block maps
-    "vit_classifier": {"arch": "vit", "input_size": 96, "patch": 8, "grid": 12, "dim": 96, "depth": 4},
 }
 
 

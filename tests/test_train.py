@@ -12,10 +12,11 @@ TINY_DETECTOR = {"arch": "detector", "input_size": 64, "widths": [8, 16, 32, 32]
 def test_short_classifier_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "tiny.pt"
     result = train(
-        "tiny", TINY_CLASSIFIER, steps=60, batch=32, train_size=256, lr=1e-2, seed=0, out=out, val_count=50
+        "tiny", TINY_CLASSIFIER, steps=60, batch=32, train_size=64, lr=1e-2, seed=0, out=out, val_count=50
     )
     losses = result["losses"]
-    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.05
+    # 30 passes over 64 scenes: the model fits them (1.66 → 0.82 seen); an untrained one stays near ln 6
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.3
     model, config = load_checkpoint(out)
     assert config == TINY_CLASSIFIER
     assert model(torch.rand(1, 3, 64, 64))["logits"].shape == (1, 6)
