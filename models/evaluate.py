@@ -98,7 +98,7 @@ def markdown_report(results: dict[str, dict[str, dict]], count: int) -> str:
         f"- **held-out**: the training style (`models.scenes.TRAINING`), seed {EVAL_SEED}; training uses",
         "  seed 1 and validation seed 2.",
         f"- **shifted**: `models.scenes.SHIFTED`, seed {SHIFTED_SEED}, drawn by a function training never",
-        "  calls: objects larger than any in training (45–60 % of the side for classifiers), four",
+        "  calls: objects up to 60 % of the side (about a third larger than any in training), four",
         "  background textures training never sees, drop shadows, tone curves, salt-and-pepper noise,",
         "  JPEG quality 8–22.",
         "",

@@ -54,15 +54,17 @@ def test_objects_span_the_training_size_range():
 def test_shifted_scenes_lie_outside_the_training_style():
     """Larger objects than any in training, and textures, JPEG qualities and effects training never draws."""
     assert not set(SHIFTED.textures) & set(TRAINING.textures)
-    assert SHIFTED.classification_diameter[0] >= TRAINING.classification_diameter[1]
+    assert SHIFTED.classification_diameter[1] > TRAINING.classification_diameter[1]
     assert SHIFTED.jpeg_quality[1] < TRAINING.jpeg_quality[0]
     assert TRAINING.shadow == TRAINING.salt_and_pepper == 0 and TRAINING.gamma == (0, 0)
     shifted = generate("classification", 12, 200, 96, shifted=True)
     training = generate("classification", 12, 200, 96)
-    assert np.median(object_sides(shifted)) > np.percentile(object_sides(training), 95)
+    # diameters above 45 % are a third of the shifted range; boxes stretch, so fewer exceed every box
+    assert np.mean(object_sides(shifted) > object_sides(training).max()) > 0.05
+    assert np.median(object_sides(shifted)) > np.median(object_sides(training)) + 0.05
     assert np.array_equal(shifted[3].image, shifted_scene("classification", 12, 3, 96).image)
     detection = generate("detection", 12, 100, 128, shifted=True)
-    assert all(1 <= len(s.labels) <= 4 for s in detection)
+    assert all(1 <= len(s.labels) <= 5 for s in detection)
 
 
 def test_detection_scenes_have_several_objects_with_boxes_inside_the_image():
