@@ -16,7 +16,7 @@ generator's training style did not make.
 import io
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import Pool
 
 import numpy as np
@@ -310,9 +310,32 @@ class Style:
     contrast: tuple[float, float]  # least brightness difference between object and background
     jpeg_quality: tuple[int, int]  # inclusive
     noise: float  # largest Gaussian noise σ, in 0–255 levels
-    salt_and_pepper: float  # largest share of pixels set to black or white
+    salt_and_pepper: tuple[float, float]  # share of pixels set to black or white
     shadow: float  # chance of a drop shadow under each object
     gamma: tuple[float, float]  # tone curve exponent's |log| range; (0, 0) leaves tones alone
+    # each scene takes each group of appearance ranges below from this style or, with even odds, from
+    # ``mixed_with`` (at least one group from this one): one shift at a time or several, not all always
+    mixed_with: "Style | None" = None
+
+
+# the appearance ranges a ``mixed_with`` style can stand in for, in groups that shift together
+APPEARANCE_GROUPS = (("textures",), ("jpeg_quality",), ("noise", "salt_and_pepper"), ("shadow",), ("gamma",))
+
+
+def _scene_style(rng: np.random.Generator, style: Style) -> Style:
+    if style.mixed_with is None:
+        return style
+    while True:
+        own = rng.random(len(APPEARANCE_GROUPS)) < 0.5
+        if own.any():
+            break
+    borrowed = {
+        f: getattr(style.mixed_with, f)
+        for g, o in zip(APPEARANCE_GROUPS, own, strict=True)
+        if not o
+        for f in g
+    }
+    return replace(style, mixed_with=None, **borrowed)
 
 
 TRAINING = Style(
@@ -322,16 +345,17 @@ TRAINING = Style(
     detection_count=(1, 6),
     instances=(0.75, 0.18, 0.07),
     contrast=(35, 70),
-    jpeg_quality=(25, 95),
+    jpeg_quality=(20, 95),
     noise=18,
-    salt_and_pepper=0,
+    salt_and_pepper=(0, 0.004),
     shadow=0,
-    gamma=(0, 0),
+    gamma=(0, 0.25),
 )
 # Outside TRAINING on purpose: objects up to 60 % of the side (about a third of them larger than any
-# in training), four textures, shadows, tone curves, impulse noise and JPEG qualities training never
-# draws. Sizes start inside the training range so the centre of the image is not a free hit for the
-# pointing game (with only large objects it would be: they cover the centre). Only evaluation uses it.
+# in training), and in each scene some of: four textures, JPEG qualities, impulse noise, tone curves
+# beyond training's, and drop shadows training never draws. Sizes start inside the training range so
+# the image centre is not a free hit for the pointing game (only large objects would all cover it).
+# Only evaluation uses it.
 SHIFTED = Style(
     textures=(_rings, _mosaic, _fractal_noise, _dots),
     classification_diameter=(0.12, 0.6),
@@ -339,11 +363,12 @@ SHIFTED = Style(
     detection_count=(1, 5),
     instances=(1.0,),
     contrast=(35, 70),
-    jpeg_quality=(8, 22),
+    jpeg_quality=(8, 18),
     noise=6,
-    salt_and_pepper=0.02,
+    salt_and_pepper=(0.01, 0.03),
     shadow=0.6,
-    gamma=(0.3, 0.7),
+    gamma=(0.35, 0.6),
+    mixed_with=TRAINING,
 )
 
 
@@ -362,8 +387,8 @@ def _finish(rng: np.random.Generator, img: Image.Image, style: Style, salience: 
         gamma = math.exp(rng.uniform(*style.gamma) * rng.choice((-1, 1)))
         arr = 255 * (arr / 255) ** gamma
     arr = np.clip(arr + rng.normal(0, rng.uniform(0, style.noise), arr.shape), 0, 255).astype(np.uint8)
-    if style.salt_and_pepper > 0:
-        hit = rng.random(arr.shape[:2]) < rng.uniform(0, style.salt_and_pepper)
+    if style.salt_and_pepper[1] > 0:
+        hit = rng.random(arr.shape[:2]) < rng.uniform(*style.salt_and_pepper)
         arr[hit] = rng.choice(np.array([0, 255], np.uint8), int(hit.sum()))[:, None]
     buf = io.BytesIO()
     quality = int(rng.integers(style.jpeg_quality[0], style.jpeg_quality[1] + 1))
@@ -375,6 +400,7 @@ def _render(
     rng: np.random.Generator, size: int, radii: list[float], style: Style, label: int | None = None
 ) -> Scene:
     """Objects of the given radii (each of a random class, or all of ``label``) placed where they fit."""
+    style = _scene_style(rng, style)
     img = Image.fromarray(_background(rng, size, style.textures))
     _draw_strokes(rng, img, int(rng.integers(2, 9)))
     boxes, labels, taken = [], [], []

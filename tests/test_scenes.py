@@ -2,10 +2,12 @@ import numpy as np
 import pytest
 
 from models.scenes import (
+    APPEARANCE_GROUPS,
     CLASS_NAMES,
     SHIFTED,
     TRAINING,
     _rng,
+    _scene_style,
     _shape_mask,
     classification_scene,
     detection_scene,
@@ -56,13 +58,20 @@ def test_shifted_scenes_lie_outside_the_training_style():
     assert not set(SHIFTED.textures) & set(TRAINING.textures)
     assert SHIFTED.classification_diameter[1] > TRAINING.classification_diameter[1]
     assert SHIFTED.jpeg_quality[1] < TRAINING.jpeg_quality[0]
-    assert TRAINING.shadow == TRAINING.salt_and_pepper == 0 and TRAINING.gamma == (0, 0)
+    assert SHIFTED.salt_and_pepper[0] > TRAINING.salt_and_pepper[1] and SHIFTED.gamma[0] > TRAINING.gamma[1]
+    assert TRAINING.shadow == 0 < SHIFTED.shadow
     shifted = generate("classification", 12, 200, 96, shifted=True)
     training = generate("classification", 12, 200, 96)
     # diameters above 45 % are a third of the shifted range; boxes stretch, so fewer exceed every box
     assert np.mean(object_sides(shifted) > object_sides(training).max()) > 0.05
     assert np.median(object_sides(shifted)) > np.median(object_sides(training)) + 0.05
     assert np.array_equal(shifted[3].image, shifted_scene("classification", 12, 3, 96).image)
+    # each shifted scene takes some of the shifted appearance, never only training's
+    drawn = [_scene_style(_rng(3, i), SHIFTED) for i in range(200)]
+    own = [[getattr(d, g[0]) == getattr(SHIFTED, g[0]) for g in APPEARANCE_GROUPS] for d in drawn]
+    assert all(any(o) for o in own) and not all(all(o) for o in own)
+    assert 0.4 < np.mean([d.textures == SHIFTED.textures for d in drawn]) < 0.75
+    assert all(d.classification_diameter == SHIFTED.classification_diameter for d in drawn)
     detection = generate("detection", 12, 100, 128, shifted=True)
     assert all(1 <= len(s.labels) <= 5 for s in detection)
 
