@@ -108,86 +108,76 @@ def promote_self_attention(proto: onnx.ModelProto, maps: list[AttentionMap]) -> 
     """A copy of ``proto`` with each map as a named graph output."""
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    graph = out.graph
-    nodes, constants = graph.node, graph.initializer
-
-    def constant(name: str, value: np.ndarray) -> str:
-        if name not in {c.name for c in constants}:
-            constants.append(numpy_helper.from_array(value, name))
-        return name
-
-    def ints(name: str, *values: int) -> str:
-        return constant(f"attnserve/{name}", np.array(values, np.int64))
-
+    graph = _GraphWriter(out.graph)
     mean: dict[str, str] = {}  # layer tensor → its head-averaged N×T×T
 
     def mean_of(layer: AttentionLayer) -> str:
         if layer.tensor not in mean:
             base, tensor = f"attnserve/{layer.tensor}", layer.tensor
             if layer.order:
-                nodes.append(helper.make_node("Transpose", [tensor], [base + "/ordered"], perm=layer.order))
-                tensor = base + "/ordered"
-            shape = ints(f"heads_{layer.heads}x{layer.tokens}", -1, layer.heads, layer.tokens, layer.tokens)
-            nodes.append(helper.make_node("Reshape", [tensor, shape], [base + "/canonical"]))
-            nodes.append(
-                helper.make_node(
-                    "ReduceMean", [base + "/canonical", ints("axis1", 1)], [base + "/mean"], keepdims=0
-                )
+                tensor = graph.add("Transpose", [tensor], base + "/ordered", perm=layer.order)
+            shape = graph.ints(-1, layer.heads, layer.tokens, layer.tokens)
+            canonical = graph.add("Reshape", [tensor, shape], base + "/canonical")
+            mean[layer.tensor] = graph.add(
+                "ReduceMean", [canonical, graph.ints(1)], base + "/mean", keepdims=0
             )
-            mean[layer.tensor] = base + "/mean"
         return mean[layer.tensor]
 
     def first_row(attention: str, leading: int, name: str) -> str:
         """N×1×T: the first token's row, or the mean row without leading tokens."""
         if leading:
-            nodes.append(
-                helper.make_node(
-                    "Slice", [attention, ints("zero", 0), ints("one", 1), ints("axis1", 1)], [name]
-                )
-            )
-        else:
-            nodes.append(helper.make_node("ReduceMean", [attention, ints("axis1", 1)], [name], keepdims=1))
-        return name
+            return graph.add("Slice", [attention, graph.ints(0), graph.ints(1), graph.ints(1)], name)
+        return graph.add("ReduceMean", [attention, graph.ints(1)], name, keepdims=1)
 
-    batch = graph.input[0].type.tensor_type.shape.dim[0].dim_param or "batch"
+    batch = out.graph.input[0].type.tensor_type.shape.dim[0].dim_param or "batch"
     for m in maps:
         first = m.layers[0]
         base = f"attnserve/{m.name}"
         if m.kind == ROLLOUT:
-            eye = constant(f"attnserve/eye{first.tokens}", np.eye(first.tokens, dtype=np.float32))
-            half = constant("attnserve/half", np.array(0.5, np.float32))
+            eye = graph.constant(np.eye(first.tokens, dtype=np.float32))
             row = None
             for i, layer in enumerate(reversed(m.layers)):  # r = row(Â_L), then r Â_(L-1) … Â_1
                 step = f"{base}/{i}"
-                nodes.append(helper.make_node("Add", [mean_of(layer), eye], [step + "/residual"]))
-                nodes.append(helper.make_node("Mul", [step + "/residual", half], [step + "/mixed"]))
-                nodes.append(
-                    helper.make_node(
-                        "ReduceSum", [step + "/mixed", ints("last", -1)], [step + "/sum"], keepdims=1
-                    )
-                )
-                nodes.append(
-                    helper.make_node("Div", [step + "/mixed", step + "/sum"], [step + "/normalised"])
-                )
+                # Â = ½A + ½I with rows renormalised: the ½ cancels in the division
+                mixed = graph.add("Add", [mean_of(layer), eye], step + "/mixed")
+                total = graph.add("ReduceSum", [mixed, graph.ints(-1)], step + "/sum", keepdims=1)
+                normalised = graph.add("Div", [mixed, total], step + "/normalised")
                 if row is None:
-                    row = first_row(step + "/normalised", first.leading, step + "/row")
+                    row = first_row(normalised, first.leading, step + "/row")
                 else:
-                    nodes.append(helper.make_node("MatMul", [row, step + "/normalised"], [step + "/row"]))
-                    row = step + "/row"
+                    row = graph.add("MatMul", [row, normalised], step + "/row")
         else:
             row = first_row(mean_of(first), first.leading, base + "/row")
-        end = ints(f"tokens{first.tokens}", first.tokens)
-        nodes.append(
-            helper.make_node(
-                "Slice",
-                [row, ints(f"start{first.leading}", first.leading), end, ints("last", -1)],
-                [base + "/patches"],
-            )
+        bounds = [graph.ints(first.leading), graph.ints(first.tokens), graph.ints(-1)]
+        patches = graph.add("Slice", [row, *bounds], base + "/patches")
+        graph.add("Reshape", [patches, graph.ints(-1, 1, *first.grid)], m.name)
+        out.graph.output.append(
+            helper.make_tensor_value_info(m.name, TensorProto.FLOAT, [batch, 1, *first.grid])
         )
-        grid = ints(f"grid_{first.grid[0]}x{first.grid[1]}", -1, 1, *first.grid)
-        nodes.append(helper.make_node("Reshape", [base + "/patches", grid], [m.name]))
-        graph.output.append(helper.make_tensor_value_info(m.name, TensorProto.FLOAT, [batch, 1, *first.grid]))
     return out
+
+
+class _GraphWriter:
+    """Appends nodes and constants (each distinct constant once) to a graph."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.constants: dict[tuple, str] = {}
+
+    def add(self, op: str, inputs: list[str], output: str, **attributes) -> str:
+        self.graph.node.append(helper.make_node(op, inputs, [output], **attributes))
+        return output
+
+    def constant(self, value: np.ndarray) -> str:
+        key = (value.dtype.str, value.shape, value.tobytes())
+        if key not in self.constants:
+            name = f"attnserve/constant{len(self.constants)}"
+            self.graph.initializer.append(numpy_helper.from_array(value, name))
+            self.constants[key] = name
+        return self.constants[key]
+
+    def ints(self, *values: int) -> str:
+        return self.constant(np.array(values, np.int64))
 
 
 def _attending_softmaxes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
