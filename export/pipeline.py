@@ -248,7 +248,14 @@ def _declared_maps(req: ExportRequest, source: SourceModel) -> list:
     return specs if req.attention in ("auto", "declared") else []
 
 
-def _discover(name, proto, source, adapter, sample, log) -> tuple[onnx.ModelProto, list]:
+def _discover(
+    name: str,
+    proto: onnx.ModelProto,
+    source: SourceModel,
+    adapter: ExportAdapter,
+    sample: np.ndarray,
+    log: Callable[[str], None],
+) -> tuple[onnx.ModelProto, list]:
     """The graph with every gate and self-attention map it holds as an output, and those maps."""
     with torch.no_grad(), GateRecorder(source.module) as recorder, ExplicitAttention(source.module):
         adapter(torch.from_numpy(sample))

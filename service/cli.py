@@ -43,7 +43,7 @@ def predict(argv: list[str]) -> int:
     parser.add_argument("--server", default="localhost:50051", help="HOST:PORT")
     parser.add_argument("--maps", action="append", default=[], metavar="KIND|NAME|all",
                         help="attention maps to return (repeatable); with --overlay the default is the "
-                        "model's CAM or spatial maps")  # fmt: skip
+                        "model's CAM, a transformer's rollout and block maps, or spatial maps")  # fmt: skip
     parser.add_argument("--overlay", type=Path, metavar="DIR", help="write each map as a PNG overlay here")
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--threshold", type=float, help="score threshold")
@@ -105,9 +105,13 @@ def _int64_as_numbers(message: Message, data: dict) -> None:
             data[field.json_name] = numbers if repeated else numbers[0]
 
 
+# The overlays written when --maps is not given: the first of these the model has
+DEFAULT_OVERLAYS = (["cam"], ["rollout", "self_attention"], ["spatial"])  # a transformer: rollout and blocks
+
+
 def _default_overlay_maps(info) -> list[str]:
     kinds = {a.kind for a in info.attention}
-    return next(([kind] for kind in ("cam", "rollout", "spatial") if kind in kinds), [])
+    return next((list(k) for k in DEFAULT_OVERLAYS if k[0] in kinds), [])
 
 
 def _describe(result, task: str) -> str:

@@ -1,7 +1,9 @@
-"""The shipped demo checkpoints load as weights only and reach their quality floors on held-out scenes.
+"""The shipped demo checkpoints load as weights only and reach their quality floors on held-out scenes of
+the training style and of the shifted style (models.scenes.SHIFTED, which training never draws).
 
-docs/models.md holds the figures on 1000 scenes; here a smaller set keeps the suite fast, so the
-floors sit a few points under the documented ones to allow for sampling noise.
+docs/models.md holds the figures on 1000 scenes per set; here 300 keep the suite fast, so each floor
+sits about three standard errors (sqrt(p(1-p)/300): 0.012 at 0.95, 0.02 at 0.85) under the documented
+figure, and never above the issue's floor for the documented figure.
 """
 
 import pytest
@@ -10,23 +12,34 @@ import torch
 from models.evaluate import evaluate
 from models.zoo import DEMO_MODELS, demo_checkpoint, load_checkpoint
 
+# (metric, held-out floor, shifted floor)
 FLOORS = {
-    "cbam_classifier": ("top1", 0.93),
-    "eca_classifier": ("top1", 0.93),
-    "harnet_detector": ("map50", 0.8),
+    "cbam_classifier": ("top1", 0.9, 0.82),
+    "eca_classifier": ("top1", 0.9, 0.82),
+    "vit_classifier": ("top1", 0.9, 0.82),
+    "harnet_detector": ("map50", 0.8, 0.7),
 }
-HELD_OUT_SEED = 5000  # neither the training (1), validation (2) nor documented evaluation (1000) seed
+HELD_OUT_SEED = 5000  # neither the training (1), validation (2) nor documented evaluation (1000, 2000) seeds
+SHIFTED_SEED = 5001
+# A map that points: its pointing game on shifted scenes beats the centre-point baseline by this much
+# (docs/models.md: the issue asks 0.1 on 1000 scenes; on 300 the difference of two proportions has a
+# standard error near 0.035, so 0.05 leaves room for one and a half of them)
+POINTING_MARGIN = 0.05
 
 
 @pytest.mark.parametrize("name", sorted(DEMO_MODELS))
-def test_demo_checkpoint_reaches_its_floor(name):
+def test_demo_checkpoint_reaches_its_floors(name):
     path = demo_checkpoint(name)
     payload = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code in the file
     assert payload["config"] == DEMO_MODELS[name]
     model, config = load_checkpoint(path)
-    metric, floor = FLOORS[name]
-    result = evaluate(model, config, count=300, seed=HELD_OUT_SEED, maps=False)
-    assert result[metric] >= floor, result
+    metric, held_out_floor, shifted_floor = FLOORS[name]
+    held_out = evaluate(model, config, count=300, seed=HELD_OUT_SEED, maps=False)
+    assert held_out[metric] >= held_out_floor, held_out
+    shifted = evaluate(model, config, count=300, seed=SHIFTED_SEED, shifted=True)
+    assert shifted[metric] >= shifted_floor, shifted
+    best = max(m["pointing"] for m in shifted["maps"].values())
+    assert best >= shifted["centre_baseline_pointing"] + POINTING_MARGIN, shifted
 
 
 def test_demo_checkpoints_fit_the_size_budget():
