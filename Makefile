@@ -72,20 +72,20 @@ format: install
 # model takes the warm-up's convolutions (its attention modules are its own), CBAM takes more stages at
 # lower rates. The ViT is a hybrid whose ResNet stem starts from CBAM's convolutions (before the last
 # stage), so its transformer blocks learn on features that already see shapes. Each model ends with a
-# "broad" stage: 1500 more steps on 20000 (ViT: 2500 on 30000) fresh scenes of the full training style.
+# "broad" stage: 1200–1500 more steps on 20000 (ViT: 2500 on 30000) fresh scenes of the full training style.
 # The shipped weights went through these stages once, the CNNs' earlier ones on the previous, narrower
 # scene generator (objects 24–52 % of the side, fewer textures), the ViT's first on a draft of today's
 # (no tone curves or impulse noise, JPEG from 25); this recipe runs every stage on today's.
 train: install
 	$(PY) -m models.train harnet_detector --out runs/harnet_base.pt
-	$(PY) -m models.train harnet_detector --init runs/harnet_base.pt --steps 1500 --lr 1.5e-3 --seed 3
+	$(PY) -m models.train harnet_detector --init runs/harnet_base.pt --steps 1200 --lr 1.5e-3 --seed 3
 	$(PY) -m models.train cbam_classifier --out runs/cbam_warmup.pt
 	$(PY) -m models.train cbam_classifier --init runs/cbam_warmup.pt --steps 1200 --lr 2e-3 --out runs/cbam_stage2.pt
 	$(PY) -m models.train cbam_classifier --init runs/cbam_stage2.pt --steps 800 --lr 1e-3 --seed 1 --out runs/cbam_stage3.pt
 	$(PY) -m models.train cbam_classifier --init runs/cbam_stage3.pt --steps 1200 --lr 1e-3 --seed 2 --out runs/cbam_stage4.pt
 	$(PY) -m models.train cbam_classifier --init runs/cbam_stage4.pt --steps 1500 --lr 2e-3 --seed 3 --train-size 20000
 	$(PY) -m models.train eca_classifier --init runs/cbam_warmup.pt --steps 1200 --lr 2e-3 --out runs/eca_base.pt
-	$(PY) -m models.train eca_classifier --init runs/eca_base.pt --steps 1500 --lr 2e-3 --seed 3 --train-size 20000
+	$(PY) -m models.train eca_classifier --init runs/eca_base.pt --steps 1200 --lr 2e-3 --seed 3 --train-size 20000
 	$(PY) -m models.train vit_classifier --init runs/cbam_stage4.pt --steps 2500 --lr 1e-3 --weight-decay 0.05 \
 		--train-size 30000 --out runs/vit_base.pt
 	$(PY) -m models.train vit_classifier --init runs/vit_base.pt --steps 2500 --lr 7e-4 --weight-decay 0.05 \

@@ -15,7 +15,7 @@ from attnserve.imaging import RESIZE_POLICIES
 from attnserve.manifest import PRECISIONS, TASKS
 from export.errors import ExportError
 from export.exporters import EXPORTERS, MIN_OPSET
-from export.pipeline import ATTENTION_MODES, ExportRequest, demo_requests, export_model
+from export.pipeline import ATTENTION_MODES, DEFAULT_MIN_AGREEMENT, ExportRequest, demo_requests, export_model
 from export.repository import versions
 from export.verify import agreement_value
 from models.zoo import ARCH_PRESETS
@@ -60,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="percentile (default; more accurate on the demo models) or minmax",
     )
     how.add_argument(
-        "--min-agreement", type=float, default=0.99, help="fp16/int8 agreement with fp32 required"
+        "--min-agreement",
+        type=float,
+        default=DEFAULT_MIN_AGREEMENT,
+        help="fp16/int8 agreement with fp32 required",
     )
     how.add_argument("--opset", type=int, default=MIN_OPSET)
     how.add_argument(

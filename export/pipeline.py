@@ -48,6 +48,11 @@ from models.zoo import DEMO_MODELS
 
 ATTENTION_MODES = ("auto", "declared", "none")
 PARITY_SCENES, PARITY_NOISE = 16, 8
+# fp16/int8 must agree with fp32 on this share of held-out images by default. The demo scenes are hard
+# on purpose (objects from 8 % of the side, clutter, heavy JPEG): near-ties between two classes are
+# common, and int8's rounding flips about 1 % of them (docs/export.md: 0.987–0.9999 for the demo
+# models), while a broken quantisation (saturating kernels, a quantised heatmap) costs far more.
+DEFAULT_MIN_AGREEMENT = 0.98
 # Held-out scenes for fp16/int8 agreement. A 99% bar on 400 images rests on 4 of them; at 2000 the
 # demo models' ~99.7% sits six standard errors (sqrt(p(1-p)/n) ≈ 0.12%) above it.
 AGREEMENT_SCENES = 2000
@@ -75,7 +80,7 @@ class ExportRequest:
     resize: str | None = None
     attention: str = "auto"
     exporter: str = "auto"
-    min_agreement: float = 0.99
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
     overwrite: bool = False
     progress: bool = True
 
