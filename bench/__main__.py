@@ -113,15 +113,14 @@ def bench_model(name: str, args, profile: dict) -> dict:
     photos = image_set(version_dir, 8, size=(1920, 1080), seed=9200)
     out: dict = {}
     log(f"{name}: ONNX Runtime session.run (the limit)")
-    out["limit"] = limits.onnx_limit(
-        version_dir, images.tensors, args.threads, profile["batches"], profile["batch_seconds"], args.provider
-    )
     rollout = any(a.kind == ROLLOUT for a in Manifest.read(version_dir / MANIFEST_FILE).attention)
-    if rollout:  # what computing the rollout in the graph costs ONNX Runtime itself
-        out["limit_rollout"] = limits.onnx_limit(
-            version_dir, images.tensors, args.threads, profile["batches"], profile["batch_seconds"],
-            args.provider, maps=(ROLLOUT,),
-        )  # fmt: skip
+    # with a rollout, also what computing it in the graph costs ONNX Runtime itself
+    out["limit"] = limits.onnx_limit(
+        version_dir, images.tensors, args.threads, profile["batches"], profile["batch_seconds"],
+        args.provider, maps=(ROLLOUT,) if rollout else None,
+    )  # fmt: skip
+    if rollout:
+        out["limit_rollout"] = out["limit"].pop("with_maps")
     log(f"{name}: PyTorch eager")
     out["eager"] = limits.torch_eager(
         name, images.tensors, args.threads, profile["batches"], profile["batch_seconds"]
