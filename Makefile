@@ -66,7 +66,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Retrain the demo models into models/weights/ (tens of minutes per run on 2 CPU cores; about three
+# Retrain the demo models into models/weights/ (tens of minutes per run on 2 CPU cores; about two
 # hours in all). A classifier from scratch sits near chance for its first ~400 steps (a global label, an
 # object anywhere in clutter), so both classifiers continue from one 1000-step CBAM warm-up run: the ECA
 # model takes the warm-up's convolutions (its attention modules are its own), CBAM takes more stages at
