@@ -7,10 +7,10 @@ generator's quirks. Boxes are exact: each object is drawn into its own mask firs
 mask's bounding box (amodal: occluders drawn later do not shrink it).
 
 Every range lives in a ``Style``. ``TRAINING`` is what training, validation and the usual evaluation
-draw; ``SHIFTED`` (``shifted_scene``) lies outside it on purpose — objects larger than any in
-training, background textures, drop shadows, tone curves, salt-and-pepper noise and JPEG qualities
-that training never sees — and only evaluation calls it, to measure how models hold on images this
-generator's training style did not make.
+draw; ``SHIFTED`` (``shifted_scene``) lies outside it on purpose — objects up to 60 % of the side,
+and in each scene some of: background textures, drop shadows, tone curves, salt-and-pepper noise
+and JPEG qualities that training never sees — and only evaluation calls it, to measure how models
+hold on images this generator's training style did not make.
 """
 
 import io
