@@ -25,9 +25,20 @@ PREDICTION_OUTPUTS = {
 
 # Kinds of attention output. spatial: N×1×H×W; channel: N×C; cam: N×classes×H×W; full: N×C×H×W;
 # axis_h: N×C×H×1 and axis_w: N×C×1×W (coordinate attention's two directional gates);
-# self_attention: N×1×H×W, one transformer block's class-token attention over the patch grid;
+# self_attention: N×1×H×W, one transformer block's class-token attention over the patch grid, averaged
+# over heads; self_attention_heads: N×heads×H×W, the same per head;
 # rollout: N×1×H×W, attention rollout over every block (Abnar & Zuidema 2020).
-MAP_KINDS = ("spatial", "channel", "cam", "full", "axis_h", "axis_w", "self_attention", "rollout")
+MAP_KINDS = (
+    "spatial",
+    "channel",
+    "cam",
+    "full",
+    "axis_h",
+    "axis_w",
+    "self_attention",
+    "self_attention_heads",
+    "rollout",
+)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 

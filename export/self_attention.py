@@ -10,7 +10,8 @@ The patch grid comes from T and the input size: T = k leading tokens (class, dis
 + Gh×Gw patches with Gh:Gw the input's aspect. A map is emitted only when exactly one k ≤
 ``MAX_LEADING_TOKENS`` fits; otherwise the layer is reported and left out. Per layer the exporter adds
 ``{module}.self_attention``: the first token's row of the head-averaged probabilities over the patches
-(with no leading token, the mean of every row), N×1×Gh×Gw. Over every layer of one token layout it adds
+(with no leading token, the mean of every row), N×1×Gh×Gw, and ``{module}.self_attention_heads``, the
+same row of each head, N×heads×Gh×Gw. Over every layer of one token layout it adds
 ``rollout`` (Abnar & Zuidema 2020, computed as models.vit.rollout does). Every map is checked against
 the probabilities PyTorch computed in the same module (export.capture); one without a match is left
 out, never emitted unverified.
@@ -25,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.capture import GateRecord
 from export.discovery import PASS_THROUGH, match_record, node_scope, probe
-from models.outputs import ROLLOUT, SELF_ATTENTION
+from models.outputs import ROLLOUT, SELF_ATTENTION, SELF_ATTENTION_HEADS
 from models.vit import rollout
 
 MAX_LEADING_TOKENS = 8  # a class token, a distillation token and up to six registers
@@ -44,18 +45,18 @@ class AttentionLayer:
     grid: tuple[int, int] = (0, 0)
     record: int = -1  # index of the matching PyTorch GateRecord
 
-    def mean_over_heads(self, records: list[GateRecord]) -> torch.Tensor:
-        """PyTorch's probabilities in the graph's canonical layout, averaged over heads: N×T×T."""
+    def per_head(self, records: list[GateRecord]) -> torch.Tensor:
+        """PyTorch's probabilities in the graph's canonical layout: N×heads×T×T."""
         value = records[self.record].value.float()
         if self.order:
             value = value.permute(*self.order)
-        return value.reshape(-1, self.heads, self.tokens, self.tokens).mean(dim=1)
+        return value.reshape(-1, self.heads, self.tokens, self.tokens)
 
 
 @dataclass
 class AttentionMap:
     name: str
-    kind: str  # SELF_ATTENTION (one layer) or ROLLOUT (every layer)
+    kind: str  # SELF_ATTENTION or SELF_ATTENTION_HEADS (one layer), or ROLLOUT (every layer)
     source: str
     layers: list[AttentionLayer]
     shape: list[int] = field(default_factory=list)  # at batch 1
@@ -63,13 +64,13 @@ class AttentionMap:
     def expected(self, records: list[GateRecord]) -> np.ndarray:
         """The same map computed from PyTorch's recorded probabilities."""
         first = self.layers[0]
-        attention = [layer.mean_over_heads(records) for layer in self.layers]
+        per_head = [layer.per_head(records) for layer in self.layers]
         if self.kind == ROLLOUT:
-            row = rollout(attention, first.leading)
+            row = rollout([a.mean(dim=1) for a in per_head], first.leading)
         else:
-            a = attention[0]
-            row = (a[:, 0] if first.leading else a.mean(dim=1))[:, first.leading :]
-        return row.reshape(-1, 1, *first.grid).numpy()
+            a = per_head[0] if self.kind == SELF_ATTENTION_HEADS else per_head[0].mean(dim=1, keepdim=True)
+            row = (a[:, :, 0] if first.leading else a.mean(dim=2))[..., first.leading :]
+        return row.reshape(-1, self.shape[1], *first.grid).numpy()
 
 
 def discover_self_attention(
@@ -109,25 +110,33 @@ def promote_self_attention(proto: onnx.ModelProto, maps: list[AttentionMap]) -> 
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     graph = _GraphWriter(out.graph)
+    canonical: dict[str, str] = {}  # layer tensor → its N×heads×T×T
     mean: dict[str, str] = {}  # layer tensor → its head-averaged N×T×T
 
-    def mean_of(layer: AttentionLayer) -> str:
-        if layer.tensor not in mean:
+    def canonical_of(layer: AttentionLayer) -> str:
+        if layer.tensor not in canonical:
             base, tensor = f"attnserve/{layer.tensor}", layer.tensor
             if layer.order:
                 tensor = graph.add("Transpose", [tensor], base + "/ordered", perm=layer.order)
             shape = graph.ints(-1, layer.heads, layer.tokens, layer.tokens)
-            canonical = graph.add("Reshape", [tensor, shape], base + "/canonical")
+            canonical[layer.tensor] = graph.add("Reshape", [tensor, shape], base + "/canonical")
+        return canonical[layer.tensor]
+
+    def mean_of(layer: AttentionLayer) -> str:
+        if layer.tensor not in mean:
             mean[layer.tensor] = graph.add(
-                "ReduceMean", [canonical, graph.ints(1)], base + "/mean", keepdims=0
+                "ReduceMean",
+                [canonical_of(layer), graph.ints(1)],
+                f"attnserve/{layer.tensor}/mean",
+                keepdims=0,
             )
         return mean[layer.tensor]
 
-    def first_row(attention: str, leading: int, name: str) -> str:
-        """N×1×T: the first token's row, or the mean row without leading tokens."""
+    def first_row(attention: str, leading: int, name: str, axis: int = 1) -> str:
+        """…×1×T: the first token's row (the query ``axis``), or the mean row without leading tokens."""
         if leading:
-            return graph.add("Slice", [attention, graph.ints(0), graph.ints(1), graph.ints(1)], name)
-        return graph.add("ReduceMean", [attention, graph.ints(1)], name, keepdims=1)
+            return graph.add("Slice", [attention, graph.ints(0), graph.ints(1), graph.ints(axis)], name)
+        return graph.add("ReduceMean", [attention, graph.ints(axis)], name, keepdims=1)
 
     batch = out.graph.input[0].type.tensor_type.shape.dim[0].dim_param or "batch"
     for m in maps:
@@ -146,13 +155,16 @@ def promote_self_attention(proto: onnx.ModelProto, maps: list[AttentionMap]) -> 
                     row = first_row(normalised, first.leading, step + "/row")
                 else:
                     row = graph.add("MatMul", [row, normalised], step + "/row")
+        elif m.kind == SELF_ATTENTION_HEADS:
+            row = first_row(canonical_of(first), first.leading, base + "/row", axis=2)  # N×heads×1×T
         else:
             row = first_row(mean_of(first), first.leading, base + "/row")
         bounds = [graph.ints(first.leading), graph.ints(first.tokens), graph.ints(-1)]
         patches = graph.add("Slice", [row, *bounds], base + "/patches")
-        graph.add("Reshape", [patches, graph.ints(-1, 1, *first.grid)], m.name)
+        planes = m.shape[1]  # 1, or one per head
+        graph.add("Reshape", [patches, graph.ints(-1, planes, *first.grid)], m.name)
         out.graph.output.append(
-            helper.make_tensor_value_info(m.name, TensorProto.FLOAT, [batch, 1, *first.grid])
+            helper.make_tensor_value_info(m.name, TensorProto.FLOAT, [batch, planes, *first.grid])
         )
     return out
 
@@ -249,12 +261,19 @@ def _read_grid(layer: AttentionLayer, input_size: tuple[int, int]) -> str:
 def _maps_for(layers: list[AttentionLayer]) -> list[AttentionMap]:
     maps, taken = [], set()
     for layer in layers:
-        base = f"{layer.source or 'model'}.{SELF_ATTENTION}"
-        name, i = base, 2
-        while name in taken:
-            name, i = f"{base}_{i}", i + 1
-        taken.add(name)
-        maps.append(AttentionMap(name, SELF_ATTENTION, layer.source, [layer], [1, 1, *layer.grid]))
+        base, i = layer.source or "model", 2
+        while base in taken:  # two softmaxes in one module
+            base, i = f"{layer.source or 'model'}_{i}", i + 1
+        taken.add(base)
+        maps.append(
+            AttentionMap(
+                f"{base}.{SELF_ATTENTION}", SELF_ATTENTION, layer.source, [layer], [1, 1, *layer.grid]
+            )
+        )
+        heads = [1, layer.heads, *layer.grid]
+        maps.append(
+            AttentionMap(f"{base}.{SELF_ATTENTION_HEADS}", SELF_ATTENTION_HEADS, layer.source, [layer], heads)
+        )
     # rollout multiplies layers of one token sequence: the layout most layers share, in graph order
     layouts = [(layer.tokens, layer.leading, layer.grid) for layer in layers]
     if layouts:

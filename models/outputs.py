@@ -8,6 +8,7 @@ SPATIAL = "spatial"  # N×1×H×W, values in [0, 1]
 CHANNEL = "channel"  # N×C, values in [0, 1]
 CAM = "cam"  # N×classes×H×W class activation map, unnormalised
 SELF_ATTENTION = "self_attention"  # N×1×H×W: one block's class-token attention over the patch grid
+SELF_ATTENTION_HEADS = "self_attention_heads"  # N×heads×H×W: the same, one plane per head
 ROLLOUT = "rollout"  # N×1×H×W: attention rollout over every block, on the patch grid
 
 

@@ -3,7 +3,7 @@ arXiv:2010.11929; the small-data recipe of DeiT, Touvron et al. 2021, arXiv:2012
 maps a transformer really has, computed in the graph:
 
 - ``layer{i}_attention``: per block, the class token's attention to the patches averaged over heads,
-  N×1×Gh×Gw on the patch grid;
+  N×1×Gh×Gw on the patch grid, and ``layer{i}_heads`` the same per head, N×heads×Gh×Gw;
 - ``rollout``: attention rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020,
   arXiv:2005.00928): per block Â = ½A + ½I with rows renormalised (A averaged over heads),
   R = Â_L ⋯ Â_1, and the class token's row of R over the patches. Only that row is propagated
@@ -25,7 +25,7 @@ from torch import nn
 
 from models.attention.self_attention import MultiHeadSelfAttention
 from models.backbone import ResNetBackbone, conv_bn_relu
-from models.outputs import PREDICTION, ROLLOUT, SELF_ATTENTION, OutputSpec
+from models.outputs import PREDICTION, ROLLOUT, SELF_ATTENTION, SELF_ATTENTION_HEADS, OutputSpec
 
 RESNET_STEM_WIDTHS = (24, 48, 96)  # the demo classifiers' first three stages
 
@@ -97,6 +97,10 @@ class VisionTransformer(nn.Module):
                 OutputSpec(f"layer{i}_attention", SELF_ATTENTION, patch, f"blocks.{i}.attn")
                 for i in range(depth)
             ),
+            *(
+                OutputSpec(f"layer{i}_heads", SELF_ATTENTION_HEADS, patch, f"blocks.{i}.attn")
+                for i in range(depth)
+            ),
         ]
 
     def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -119,10 +123,11 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         tokens, (gh, gw) = self.tokens(x)
-        layers = []
+        per_head = []  # each block's N×heads×T×T
         for block in self.blocks:
             tokens, probabilities = block(tokens)
-            layers.append(probabilities.mean(dim=1))  # N×T×T, heads averaged
+            per_head.append(probabilities)
+        layers = [p.mean(dim=1) for p in per_head]  # N×T×T, heads averaged
         tokens = self.norm(tokens)
         pooled = tokens[:, 0] if self.class_token is not None else tokens.mean(dim=1)
         logits = self.head(pooled)
@@ -132,13 +137,15 @@ class VisionTransformer(nn.Module):
             f"layer{i}_attention": _first_row(a, first)[:, 0, first:].reshape(n, 1, gh, gw)
             for i, a in enumerate(layers)
         }
+        for i, p in enumerate(per_head):
+            maps[f"layer{i}_heads"] = _first_row(p, first)[..., 0, first:].reshape(n, -1, gh, gw)
         maps["rollout"] = rollout(layers, first).reshape(n, 1, gh, gw)
         return {"logits": logits, "probabilities": torch.softmax(logits, dim=1), **maps}
 
 
 def _first_row(attention: torch.Tensor, first: int) -> torch.Tensor:
-    """N×1×T: the class token's row of an N×T×T attention (without one, the mean of every row)."""
-    return attention[:, :1] if first else attention.mean(dim=1, keepdim=True)
+    """…×1×T: the class token's row of a …×T×T attention (without one, the mean of every row)."""
+    return attention[..., :1, :] if first else attention.mean(dim=-2, keepdim=True)
 
 
 def rollout(layers: list[torch.Tensor], first: int) -> torch.Tensor:

@@ -3,8 +3,9 @@
 Encodings: float16 tensor bytes; an 8-bit grayscale PNG heatmap (the map scaled to its own min..max);
 a colour PNG overlay of the heatmap on the image. Geometry: the model's grid, or resampled onto the
 original image with the letterbox / crop undone. Channel maps have no geometry and are always float16.
-In PNG encodings (and in the original geometry) a CAM is its top class's plane, and a full or axis
-gate is its channel mean.
+In PNG encodings a CAM is its top class's plane, per-head self-attention the mean of its heads, and a
+full or axis gate its channel mean; in the original geometry as float16, a CAM and per-head
+self-attention keep every plane (each class, each head), the others are reduced as in PNG.
 """
 
 import io
@@ -77,7 +78,7 @@ def encode(
         return _encoded(output, value.astype("<f2"), FLOAT16, MODEL_GRID)
     if encoding == FLOAT16 and geometry == MODEL_GRID:
         return _encoded(output, value.astype("<f2"), FLOAT16, MODEL_GRID)
-    planes = _planes(output.kind, value, top_class, every_class=encoding == FLOAT16)
+    planes = _planes(output.kind, value, top_class, every_plane=encoding == FLOAT16)
     if geometry == ORIGINAL_IMAGE:
         planes = np.stack([_onto_original(p, view) for p in planes])
     if encoding == FLOAT16:
@@ -107,14 +108,15 @@ def overlay(background: Image.Image, heat: np.ndarray) -> Image.Image:
     return Image.fromarray(blended.clip(0, 255).astype(np.uint8), mode="RGB")
 
 
-def _planes(kind: str, value: np.ndarray, top_class: int, every_class: bool) -> np.ndarray:
+def _planes(kind: str, value: np.ndarray, top_class: int, every_plane: bool) -> np.ndarray:
     if kind == "cam":
         return (
-            value.astype(np.float32) if every_class else value[top_class : top_class + 1].astype(np.float32)
+            value.astype(np.float32) if every_plane else value[top_class : top_class + 1].astype(np.float32)
         )
-    if kind in ("spatial", "self_attention", "rollout"):  # one plane already
+    if kind in ("spatial", "self_attention", "rollout") or (every_plane and kind == "self_attention_heads"):
         return value.astype(np.float32)
-    return value.mean(axis=0, keepdims=True, dtype=np.float32)  # full, axis_h, axis_w: the channel mean
+    # full, axis_h, axis_w: the channel mean; self_attention_heads: the mean of the heads
+    return value.mean(axis=0, keepdims=True, dtype=np.float32)
 
 
 def _onto_original(plane: np.ndarray, view: ImageView) -> np.ndarray:

@@ -43,13 +43,15 @@ def run(repo, name: str, images: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def reference_maps(model, images: np.ndarray, leading: int) -> dict[str, np.ndarray]:
-    """Per block, the first token's head-averaged row over the patches (the mean row without leading
-    tokens); and the rollout as the paper's full matrix product."""
-    layers = [p.mean(dim=1).double().numpy() for p in model.probabilities(torch.from_numpy(images))]
+    """Per block, each head's first-token row over the patches (the mean row without leading tokens)
+    and their average; and the rollout as the paper's full matrix product."""
+    per_head = [p.double().numpy() for p in model.probabilities(torch.from_numpy(images))]  # N×h×T×T
     maps = {}
-    for i, a in enumerate(layers):
-        row = a[:, 0] if leading else a.mean(axis=1)
-        maps[f"blocks.{i}.attn"] = row[:, leading:].reshape(len(images), 1, *GRID)
+    for i, p in enumerate(per_head):
+        rows = (p[:, :, 0] if leading else p.mean(axis=2))[..., leading:]  # N×heads×patches
+        maps[f"blocks.{i}.attn.heads"] = rows.reshape(len(images), -1, *GRID)
+        maps[f"blocks.{i}.attn"] = rows.mean(axis=1).reshape(len(images), 1, *GRID)
+    layers = [p.mean(axis=1) for p in per_head]
     maps["rollout"] = reference_rollout(layers, leading).reshape(len(images), 1, *GRID)
     return maps
 
@@ -68,14 +70,17 @@ def test_self_attention_is_found_in_every_style_and_equals_the_models_own(
     model = user_transformers.build(attention, tokens)
     expected = reference_maps(model, images, user_transformers.LEADING[tokens])
     maps = {a.name: a for a in manifest.attention}
-    per_block = sorted(n for n, a in maps.items() if a.kind == "self_attention")
     prefix = "blocks.{}.attn" + (".attn" if attention.startswith("mha") else "")  # the module holding it
-    assert per_block == [prefix.format(i) + ".self_attention" for i in range(3)]
+    for kind in ("self_attention", "self_attention_heads"):
+        per_block = sorted(n for n, a in maps.items() if a.kind == kind)
+        assert per_block == [f"{prefix.format(i)}.{kind}" for i in range(3)]
+        assert all(maps[n].shape == [1, 1 if kind == "self_attention" else 4, *GRID] for n in per_block)
     assert maps["rollout"].kind == "rollout" and maps["rollout"].source == "blocks"
     got = run(tmp_path, manifest.name, images)
     for name, a in maps.items():
         assert a.origin == "discovered" and a.grid == list(GRID) and a.stride == 8
         block = "rollout" if name == "rollout" else name.split(".attn")[0] + ".attn"
+        block += ".heads" if a.kind == "self_attention_heads" else ""
         np.testing.assert_allclose(got[name], expected[block], atol=1e-5, rtol=0)
     with torch.no_grad():  # the model as written (fused attention included) computes the same logits
         np.testing.assert_allclose(got["logits"], model(torch.from_numpy(images)).numpy(), atol=1e-4, rtol=0)

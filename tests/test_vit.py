@@ -95,6 +95,8 @@ def test_vit_exports_its_rollout_and_every_block_map_verified_against_pytorch(vi
     assert [n for n, k in kinds.items() if k[0] == "self_attention"] == [
         f"layer{i}_attention" for i in range(4)
     ]
+    heads = {a.name: a.shape for a in manifest.attention if a.kind == "self_attention_heads"}
+    assert heads == {f"layer{i}_heads": [1, 4, 12, 12] for i in range(4)}
     parity = manifest.verification["parity_fp32_vs_pytorch"]
     assert parity["passed"] and parity["max_abs_diff"]["rollout"] <= 1e-4
     # the graph writes the softmax out: no fused Attention op, whose probabilities would be lost
@@ -118,6 +120,11 @@ def test_served_vit_returns_its_rollout_in_every_encoding(vit_repository, tmp_pa
             )
             overlay = client.classify([buffer.getvalue()], "vit_classifier", select=["rollout"],
                                       encoding="png_overlay", geometry="original_image")  # fmt: skip
+            heads = client.classify([buffer.getvalue()], "vit_classifier", select=["layer2_heads"])
+            heads_on_image = client.classify([buffer.getvalue()], "vit_classifier", select=["layer2_heads"],
+                                             geometry="original_image")  # fmt: skip
+            heads_overlay = client.classify([buffer.getvalue()], "vit_classifier", select=["layer2_heads"],
+                                            encoding="png_overlay")  # fmt: skip
     finally:
         assert server.stop() == 0
     maps = {m.name: m for m in grid.results[0].maps}
@@ -126,6 +133,12 @@ def test_served_vit_returns_its_rollout_in_every_encoding(vit_repository, tmp_pa
     assert map_array(maps["rollout"]).shape == (1, 12, 12) and maps["rollout"].kind == "rollout"
     picture = map_array(overlay.results[0].maps[0])
     assert picture.shape == (150, 200, 3)
+    # per head: every head's plane as float16, in either geometry; their mean is the block's map
+    per_head = map_array(heads.results[0].maps[0])
+    assert heads.results[0].maps[0].kind == "self_attention_heads" and per_head.shape == (4, 12, 12)
+    np.testing.assert_allclose(per_head.mean(axis=0), map_array(maps["layer2_attention"])[0], atol=2e-3)
+    assert map_array(heads_on_image.results[0].maps[0]).shape == (4, 150, 200)
+    assert map_array(heads_overlay.results[0].maps[0]).shape == (96, 96, 3)  # PNG: the heads' mean
 
 
 def test_served_demo_vit_rollout_points_at_the_object(server):
