@@ -2,7 +2,9 @@
 
 In: ``images``, N×3×H×W float32 RGB in [0, 1]. The adapter applies the user's normalisation, so
 clients and the server never need to know it. Out: the task's prediction tensors under fixed names
-(attnserve.manifest.PREDICTION_OUTPUTS), then the maps the model declares.
+(attnserve.manifest.PREDICTION_OUTPUTS), then the maps the model declares. A detector with raw heads
+goes through a ``decoder`` (export/decode.py) and puts out candidates instead, which the exporter
+turns into final detections in the graph (export/nms.py).
 """
 
 import torch
@@ -12,6 +14,7 @@ from attnserve.manifest import CLASSIFICATION, PREDICTION_OUTPUTS
 from export.errors import ExportError
 
 INPUT_NAME = "images"
+CANDIDATE_OUTPUTS = ("candidate_boxes", "candidate_scores")  # a decoder's outputs, before NMS
 # The attribute the adapter keeps the model under; it prefixes every module scope in the exported graph.
 MODEL_ATTR = "model"
 
@@ -24,10 +27,12 @@ class ExportAdapter(nn.Module):
         map_names: list[str],
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        decoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.task = task
+        self.decoder = decoder
         self.map_names = list(map_names)
         self.normalize = mean is not None
         if self.normalize:
@@ -36,12 +41,18 @@ class ExportAdapter(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        return [*PREDICTION_OUTPUTS[self.task], *self.map_names]
+        predictions = CANDIDATE_OUTPUTS if self.decoder is not None else PREDICTION_OUTPUTS[self.task]
+        return [*predictions, *self.map_names]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = (images - self.mean) / self.std if self.normalize else images
         out = self.model(x)
-        predictions = classification_outputs(out) if self.task == CLASSIFICATION else detection_outputs(out)
+        if self.decoder is not None:
+            predictions = self.decoder(out)
+        elif self.task == CLASSIFICATION:
+            predictions = classification_outputs(out)
+        else:
+            predictions = detection_outputs(out)
         maps = tuple(out[name] for name in self.map_names)  # only models that return a dict declare maps
         return (*predictions, *maps)
 
@@ -87,8 +98,9 @@ def detection_outputs(out) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise ExportError(
             f"the model's output does not fit detection: expected boxes N×K×4 (x1, y1, x2, y2 in input "
             f"pixels), scores N×K and classes N×K, as a dict or a (boxes, scores, classes) tuple, got "
-            f"{describe(out)}. Decode the head inside forward() (top-K per image, fixed K), or pass "
-            "--task classification if it is a classifier."
+            f"{describe(out)}. For raw heads, pass --head candidates or --head dense (docs/export.md) "
+            "and the exporter adds decoding and NMS to the graph; or pass --task classification if it is a "
+            "classifier."
         )
     return boxes, scores, classes.to(torch.int64)
 

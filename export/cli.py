@@ -5,6 +5,9 @@ attnserve export --factory MODULE:CALLABLE [--factory-kwargs JSON] [--checkpoint
                  --task classification|detection --input-size H W [--labels FILE]
                  --name NAME --repository DIR [--version N]
 attnserve export --demo --repository DIR
+
+A detector that returns raw heads gets its decoding and NMS added to the graph with --head
+candidates|dense (and the box, score and NMS options below); see docs/export.md.
 """
 
 import argparse
@@ -13,6 +16,7 @@ from pathlib import Path
 
 from attnserve.imaging import RESIZE_POLICIES
 from attnserve.manifest import PRECISIONS, TASKS
+from export.decode import ACTIVATIONS, BOX_FORMATS, BOX_UNITS, LAYOUTS, NMS_MODES, REGRESSIONS, DecodeSpec
 from export.errors import ExportError
 from export.exporters import EXPORTERS, MIN_OPSET
 from export.pipeline import ATTENTION_MODES, DEFAULT_MIN_AGREEMENT, ExportRequest, demo_requests, export_model
@@ -76,7 +80,64 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--attention", choices=ATTENTION_MODES, default="auto", help="which attention outputs")
     how.add_argument("--exporter", choices=("auto", *EXPORTERS), default="auto")
     how.add_argument("--no-progress", action="store_true", help="no progress bars")
+    heads = p.add_argument_group("raw detector heads: decoding and NMS added to the graph")
+    defaults = DecodeSpec("candidates")
+    heads.add_argument(
+        "--head", choices=LAYOUTS, help="candidates: boxes N×A×4 + scores N×A×K; dense: per level"
+    )
+    heads.add_argument(
+        "--box-format", choices=BOX_FORMATS, help=f"candidates' boxes (default {defaults.box_format})"
+    )
+    heads.add_argument(
+        "--box-regression", choices=REGRESSIONS, help=f"dense box maps (default {defaults.regression})"
+    )
+    heads.add_argument(
+        "--box-units", choices=BOX_UNITS, help=f"dense box maps in (default {defaults.box_units})"
+    )
+    heads.add_argument(
+        "--score-activation",
+        choices=ACTIVATIONS,
+        help=f"class outputs → probabilities (default {defaults.activation})",
+    )
+    heads.add_argument(
+        "--nms", choices=NMS_MODES, help=f"per class or class-agnostic (default {defaults.nms})"
+    )
+    heads.add_argument("--iou-threshold", type=float, help=f"NMS IoU (default {defaults.iou_threshold})")
+    heads.add_argument(
+        "--nms-score-threshold",
+        type=float,
+        help=f"candidates at or below are dropped (default {defaults.score_threshold})",
+    )
+    heads.add_argument("--max-detections", type=int, help=f"per image (default {defaults.max_detections})")
     return p
+
+
+# --head's companions, as DecodeSpec fields
+DECODE_OPTIONS = {
+    "box_format": "box_format",
+    "box_regression": "regression",
+    "box_units": "box_units",
+    "score_activation": "activation",
+    "nms": "nms",
+    "iou_threshold": "iou_threshold",
+    "nms_score_threshold": "score_threshold",
+    "max_detections": "max_detections",
+}
+
+
+def decode_spec(args: argparse.Namespace) -> DecodeSpec | None:
+    given = {field: getattr(args, option) for option, field in DECODE_OPTIONS.items()}
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.head is None:
+        if given:
+            options = ", ".join(f"--{o.replace('_', '-')}" for o, f in DECODE_OPTIONS.items() if f in given)
+            raise ExportError(
+                f"{options} describe raw detector heads: pass --head candidates or --head dense too."
+            )
+        return None
+    spec = DecodeSpec(args.head, **given)
+    spec.check()
+    return spec
 
 
 def requests_from(args: argparse.Namespace) -> list[ExportRequest]:
@@ -97,6 +158,7 @@ def requests_from(args: argparse.Namespace) -> list[ExportRequest]:
         attention=args.attention,
         exporter=args.exporter,
         min_agreement=args.min_agreement,
+        decode=decode_spec(args),
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )

@@ -26,9 +26,10 @@ from attnserve.manifest import (
     InputSpec,
     Manifest,
 )
-from export import quantize, repository, samples
-from export.adapter import INPUT_NAME, ExportAdapter
+from export import nms, quantize, repository, samples
+from export.adapter import CANDIDATE_OUTPUTS, INPUT_NAME, ExportAdapter
 from export.capture import ExplicitAttention, GateRecorder
+from export.decode import DecodeSpec, HeadDecoder
 from export.discovery import cpu_session, discover, promote
 from export.errors import ExportError
 from export.exporters import MIN_OPSET, export_onnx
@@ -81,6 +82,7 @@ class ExportRequest:
     attention: str = "auto"
     exporter: str = "auto"
     min_agreement: float = DEFAULT_MIN_AGREEMENT
+    decode: DecodeSpec | None = None  # a detector's raw heads: decode and NMS added to the graph
     overwrite: bool = False
     progress: bool = True
 
@@ -100,9 +102,13 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = print) -> tupl
     # eval() on the adapter too: the TorchScript exporter restores the top module's training flag
     # afterwards, which would otherwise switch every BatchNorm to batch statistics
     in_graph = () if source.in_model_normalization else (mean, std)  # ours normalise themselves
-    adapter = ExportAdapter(source.module, task, [s.name for s in declared], *in_graph).eval()
+    given_labels = _given_labels(req, source)
+    decoder = _decoder(req, source, given_labels)
+    adapter = ExportAdapter(
+        source.module, task, [s.name for s in declared], *in_graph, decoder=decoder
+    ).eval()
     sample = samples.scene_images(task, 2, size, resize, samples.VERIFY_SEED)
-    labels = _labels(req, source, adapter, sample)
+    labels = _labels(source, adapter, sample, given_labels)
 
     log(f"{name}: exporting ({task}, {size[0]}×{size[1]}, opset {req.opset})")
     discovering = req.attention == "auto" and not source.declared
@@ -114,6 +120,9 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = print) -> tupl
     discovered = []
     if discovering:
         proto, discovered = _discover(name, proto, source, adapter, sample, log)
+    if req.decode is not None:
+        candidates = cpu_session(proto).run([CANDIDATE_OUTPUTS[1]], {INPUT_NAME: sample[:1]})[0]
+        proto = nms.append_nms(proto, req.decode, anchors=candidates.shape[1], classes=candidates.shape[2])
     attention = _attention_outputs(proto, sample, declared, discovered, size)
     names = [*PREDICTION_OUTPUTS[task], *(a.name for a in attention)]
 
@@ -127,7 +136,12 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = print) -> tupl
         ]
     )
     # PyTorch's outputs from the model as written: equal to the graph's, they prove any rewrite exact
-    fp32_parity = parity(task, run_torch(adapter, images, discovered), run_onnx(proto, images, names), size)
+    expected = run_torch(adapter, images, discovered)
+    if req.decode is not None:  # the graph's NMS against the same NMS in numpy, on PyTorch's candidates
+        expected |= nms.reference(
+            expected.pop(CANDIDATE_OUTPUTS[0]), expected.pop(CANDIDATE_OUTPUTS[1]), req.decode
+        )
+    fp32_parity = parity(task, expected, run_onnx(proto, images, names), size)
     fp32_parity["images"] = f"{PARITY_SCENES} generated scenes and {PARITY_NOISE} uniform-noise images"
     if not fp32_parity["passed"]:
         raise ExportError(
@@ -160,6 +174,7 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = print) -> tupl
             "attention": req.attention,
             "exporter_failures": failures,
             **_explicit_attention_record(explicit),
+            **({"decoding": req.decode.record()} if req.decode else {}),
         },
         versions=_versions(),
         verification=verification,
@@ -288,17 +303,34 @@ def _explicit_attention_record(explicit: ExplicitAttention | None) -> dict:
     }
 
 
-def _labels(req: ExportRequest, source: SourceModel, adapter: ExportAdapter, sample: np.ndarray) -> list[str]:
+def _given_labels(req: ExportRequest, source: SourceModel) -> list[str] | None:
+    """The --labels file's lines, or the labels our own models carry."""
+    if not req.labels:
+        return source.labels
+    path = Path(req.labels)
+    if not path.is_file():
+        raise ExportError(f"--labels {str(path)!r} does not exist; pass a text file with one label per line.")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _decoder(req: ExportRequest, source: SourceModel, labels: list[str] | None) -> HeadDecoder | None:
+    if req.decode is None:
+        return None
+    if source.task != DETECTION:
+        raise ExportError(f"--head {req.decode.layout} is for detectors; this is a {source.task} model.")
+    if not labels:
+        raise ExportError(
+            "a detection model needs --labels FILE (one class name per line, in class-id order)."
+        )
+    req.decode.check()
+    return HeadDecoder(req.decode, len(labels), source.input_size)
+
+
+def _labels(
+    source: SourceModel, adapter: ExportAdapter, sample: np.ndarray, labels: list[str] | None
+) -> list[str]:
     with torch.no_grad():
         outputs = adapter(torch.from_numpy(sample))  # also checks the outputs fit the task
-    labels = source.labels
-    if req.labels:
-        path = Path(req.labels)
-        if not path.is_file():
-            raise ExportError(
-                f"--labels {str(path)!r} does not exist; pass a text file with one label per line."
-            )
-        labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if source.task == CLASSIFICATION:
         classes = outputs[0].shape[1]
         labels = labels or [f"class_{i}" for i in range(classes)]

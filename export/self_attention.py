@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from export.capture import GateRecord
 from export.discovery import PASS_THROUGH, match_record, node_scope, probe
+from export.graph import GraphWriter
 from models.outputs import ROLLOUT, SELF_ATTENTION, SELF_ATTENTION_HEADS
 from models.vit import rollout
 
@@ -109,7 +110,7 @@ def promote_self_attention(proto: onnx.ModelProto, maps: list[AttentionMap]) -> 
     """A copy of ``proto`` with each map as a named graph output."""
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    graph = _GraphWriter(out.graph)
+    graph = GraphWriter(out.graph, "attnserve/self_attention")
     canonical: dict[str, str] = {}  # layer tensor → its N×heads×T×T
     mean: dict[str, str] = {}  # layer tensor → its head-averaged N×T×T
 
@@ -167,29 +168,6 @@ def promote_self_attention(proto: onnx.ModelProto, maps: list[AttentionMap]) -> 
             helper.make_tensor_value_info(m.name, TensorProto.FLOAT, [batch, planes, *first.grid])
         )
     return out
-
-
-class _GraphWriter:
-    """Appends nodes and constants (each distinct constant once) to a graph."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.graph = graph
-        self.constants: dict[tuple, str] = {}
-
-    def add(self, op: str, inputs: list[str], output: str, **attributes) -> str:
-        self.graph.node.append(helper.make_node(op, inputs, [output], **attributes))
-        return output
-
-    def constant(self, value: np.ndarray) -> str:
-        key = (value.dtype.str, value.shape, value.tobytes())
-        if key not in self.constants:
-            name = f"attnserve/constant{len(self.constants)}"
-            self.graph.initializer.append(numpy_helper.from_array(value, name))
-            self.constants[key] = name
-        return self.constants[key]
-
-    def ints(self, *values: int) -> str:
-        return self.constant(np.array(values, np.int64))
 
 
 def _attending_softmaxes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:

@@ -1,0 +1,159 @@
+"""Detectors that return raw heads (tests/user_detectors.py, one per public style) export with decoding
+and NMS in the graph, serve final detections, and match a plain PyTorch decode + NMS."""
+
+import io
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import user_detectors
+from PIL import Image
+
+from attnserve.manifest import MODEL_FILE, Manifest
+from export.cli import main as export_main
+from export.decode import DecodeSpec
+from export.errors import ExportError
+from export.pipeline import ExportRequest, export_model
+from models.evaluate import to_tensor
+from models.scenes import generate
+from service.client import VisionClient, map_array
+from service.process import start_server
+
+SIZE = 64
+IOU, SCORE, MAX_DETECTIONS = 0.5, 0.05, 100  # the export defaults
+
+
+@pytest.fixture(scope="module")
+def labels(tmp_path_factory):
+    path = tmp_path_factory.mktemp("labels") / "labels.txt"
+    path.write_text("circle\nsquare\ntriangle\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    scenes = generate("detection", 43, 6, SIZE)
+    return to_tensor(np.stack([s.image for s in scenes])).numpy()
+
+
+def export(repo, labels, style: str, *extra: str) -> Manifest:
+    args = ["--factory", "user_detectors:build", "--factory-kwargs", f'{{"style": "{style}"}}', "--task",
+            "detection", "--input-size", str(SIZE), str(SIZE), "--labels", str(labels), "--name", style,
+            "--repository", str(repo), "--no-progress", *user_detectors.EXPORT_OPTIONS[style],
+            *extra]  # fmt: skip
+    assert export_main(args) == 0
+    return Manifest.read(repo / style / "1" / "manifest.json")
+
+
+def detections(repo, name: str, images: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(repo / name / "1" / MODEL_FILE), providers=["CPUExecutionProvider"])
+    names = ["boxes", "scores", "classes"]
+    return dict(zip(names, session.run(names, {"images": images}), strict=True))
+
+
+def plain_nms(boxes: np.ndarray, scores: np.ndarray, agnostic: bool) -> list[tuple[int, float, np.ndarray]]:
+    """(class, score, box) kept for one image: greedy NMS per class (or over each box's best class),
+    the top MAX_DETECTIONS of what survives."""
+    if agnostic:
+        planes = [(scores.max(1), scores.argmax(1))]
+    else:
+        planes = [(scores[:, c], np.full(len(scores), c)) for c in range(scores.shape[1])]
+    kept = []
+    for s, cls in planes:
+        chosen: list[int] = []
+        for a in sorted(np.flatnonzero(s > SCORE), key=lambda i: -s[i]):
+            if all(iou(boxes[a], boxes[b]) <= IOU for b in chosen):
+                chosen.append(a)
+        kept += [(int(cls[a]), float(s[a]), boxes[a]) for a in chosen]
+    return sorted(kept, key=lambda d: -d[1])[:MAX_DETECTIONS]
+
+
+def iou(a, b) -> float:
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def assert_same_detections(got: dict, expected: list, image: int) -> None:
+    """Matched as sets: every expected detection clear of the top-K cut has one of the same class, box
+    within 1e-3 px and score within 1e-5 (two scores that close may swap places)."""
+    cut = expected[-1][1] + 1e-5 if len(expected) == MAX_DETECTIONS else 0.0
+    scores, boxes, classes = got["scores"][image], got["boxes"][image], got["classes"][image]
+    assert int((scores > 0).sum()) == len(expected)
+    for cls, score, box in expected:
+        if score <= cut:
+            continue
+        same = (classes == cls) & (np.abs(scores - score) <= 1e-5) & (np.abs(boxes - box).max(1) <= 1e-3)
+        assert same.any(), (image, cls, score, box)
+
+
+@pytest.mark.parametrize("style", sorted(user_detectors.EXPORT_OPTIONS))
+def test_raw_heads_export_with_nms_in_the_graph_and_match_a_plain_decode(tmp_path, labels, images, style):
+    manifest = export(tmp_path, labels, style)
+    assert manifest.source["decoding"]["layout"] == user_detectors.EXPORT_OPTIONS[style][1]
+    assert manifest.verification["parity_fp32_vs_pytorch"]["passed"]
+    # the user's gates are found through the decode: SE's channel map, one spatial gate per level
+    kinds = sorted(a.kind for a in manifest.attention)
+    assert kinds == ["channel", "spatial", "spatial", "spatial"], kinds
+    got = detections(tmp_path, style, images)
+    assert got["boxes"].shape == (len(images), MAX_DETECTIONS, 4)
+    boxes, scores = user_detectors.reference_decode(user_detectors.build(style), torch.from_numpy(images))
+    for i in range(len(images)):
+        expected = plain_nms(boxes[i].numpy(), scores[i].numpy(), agnostic=False)
+        # random heads: candidates everywhere, overlapping, so NMS removes most of them
+        assert 10 < len(expected) < 0.5 * (scores[i] > SCORE).sum()
+        assert_same_detections(got, expected, i)
+
+
+def test_class_agnostic_nms_keeps_one_box_per_place_with_its_best_class(tmp_path, labels, images):
+    manifest = export(tmp_path, labels, "fcos", "--nms", "agnostic", "--iou-threshold", "0.5")
+    assert manifest.source["decoding"]["nms"] == "agnostic"
+    got = detections(tmp_path, "fcos", images)
+    boxes, scores = user_detectors.reference_decode(user_detectors.build("fcos"), torch.from_numpy(images))
+    for i in range(len(images)):
+        assert_same_detections(got, plain_nms(boxes[i].numpy(), scores[i].numpy(), agnostic=True), i)
+        kept = got["boxes"][i][got["scores"][i] > 0]
+        overlaps = [iou(a, b) for j, a in enumerate(kept) for b in kept[j + 1 :]]
+        assert max(overlaps, default=0) <= 0.5  # across classes too
+
+
+def test_served_raw_head_detector_returns_final_detections_and_its_maps(tmp_path, labels):
+    export(tmp_path, labels, "yolox", "--max-detections", "20")
+    scene = generate("detection", 44, 1, 128)[0]
+    buffer = io.BytesIO()
+    Image.fromarray(scene.image).resize((160, 120)).save(buffer, format="JPEG", quality=90)
+    server = start_server(tmp_path, tmp_path / "server.log")
+    try:
+        with VisionClient(server.target) as client:
+            reply = client.detect([buffer.getvalue()], "yolox", score_threshold=0.0, select=["spatial"],
+                                  geometry="original_image")  # fmt: skip
+    finally:
+        assert server.stop() == 0
+    result = reply.results[0]
+    assert 0 < len(result.detections) <= 20
+    assert [d.score for d in result.detections] == sorted((d.score for d in result.detections), reverse=True)
+    assert {d.label for d in result.detections} <= {"circle", "square", "triangle"}
+    assert len(result.maps) == 3 and all(map_array(m).shape == (1, 120, 160) for m in result.maps)
+
+
+def test_heads_that_do_not_fit_the_layout_fail_with_what_was_expected(tmp_path, labels):
+    request = ExportRequest(
+        tmp_path, name="wrong", factory="user_detectors:build", factory_kwargs='{"style": "fcos"}',
+        task="detection", input_size=(SIZE, SIZE), labels=labels, decode=DecodeSpec("candidates"),
+    )  # fmt: skip
+    with pytest.raises(
+        ExportError, match=r"does not fit --head candidates: expected boxes N×A×4.*got a dict"
+    ):
+        export_model(request, log=lambda line: None)
+    assert not (tmp_path / "wrong").exists()
+
+
+def test_decode_options_without_a_head_are_refused(tmp_path, labels, capsys):
+    args = ["--factory", "user_detectors:build", "--task", "detection", "--input-size", "64", "64",
+            "--labels", str(labels), "--name", "x", "--repository", str(tmp_path),
+            "--nms", "agnostic"]  # fmt: skip
+    assert export_main(args) == 2
+    assert (
+        "--nms describe raw detector heads: pass --head candidates or --head dense" in capsys.readouterr().err
+    )
