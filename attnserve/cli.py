@@ -10,6 +10,7 @@ COMMANDS = {
     "serve": ("service.cli", "serve", "serve a model repository over gRPC"),
     "predict": ("service.cli", "predict", "send images to a server; print predictions, write overlays"),
     "export": ("export.cli", "main", "export a PyTorch model into a model repository"),
+    "import": ("export.import_cli", "main", "import an ONNX file from any framework into a model repository"),
 }
 
 

@@ -9,7 +9,8 @@ Swish) is an activation and ``heat * (maxpool(heat) == heat)`` a peak mask: neit
 output is named after the module that applies the gate, e.g. ``layer3.1.cbam.spatial``.
 
 Every promoted map is matched to the value PyTorch computed in the same module (export.capture);
-a gate without such a match is reported and left out, never emitted unverified.
+a gate without such a match is reported and left out, never emitted unverified. A graph with no
+PyTorch behind it (export.importer) gives no records: there a gate must be finite and within [0, 1].
 """
 
 import ast
@@ -63,9 +64,10 @@ class PromotedMap:
 
 
 def discover(
-    proto: onnx.ModelProto, sample: np.ndarray, records: list[GateRecord]
+    proto: onnx.ModelProto, sample: np.ndarray, records: list[GateRecord] | None
 ) -> tuple[list[PromotedMap], list[str]]:
-    """The maps to promote, and a line for each gate found but left out (and why)."""
+    """The maps to promote, and a line for each gate found but left out (and why). ``records`` None:
+    no PyTorch values to match, each gate's range is checked instead."""
     gates = find_gates(proto)
     if not gates:
         return [], []
@@ -77,6 +79,15 @@ def discover(
         where = f"{gate.tensor} in {gate.scope or 'the top-level module'}"
         if not gate.kind:
             skipped.append(f"{where}: gate {gate.shape} on feature {gate.feature_shape} has no known layout")
+            continue
+        if records is None:
+            value = values[gate.tensor]
+            if not (np.isfinite(value).all() and value.min() >= 0 and value.max() <= 1):
+                skipped.append(
+                    f"{where}: values in [{value.min():.3g}, {value.max():.3g}], not a gate's [0, 1]"
+                )
+            else:
+                kept.append(gate)
             continue
         gate.record = match_record(values[gate.tensor], gate.scope, records)
         if gate.record < 0:  # TorchScript names a module's second call "name_1"

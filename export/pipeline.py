@@ -103,7 +103,8 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = print) -> tupl
     # afterwards, which would otherwise switch every BatchNorm to batch statistics
     in_graph = () if source.in_model_normalization else (mean, std)  # ours normalise themselves
     given_labels = _given_labels(req, source)
-    decoder = _decoder(req, source, given_labels)
+    decode = req.decode or (DecodeSpec(**source.raw_head) if source.raw_head else None)
+    decoder = _decoder(decode, source, given_labels)
     adapter = ExportAdapter(
         source.module, task, [s.name for s in declared], *in_graph, decoder=decoder
     ).eval()
@@ -120,10 +121,10 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = print) -> tupl
     discovered = []
     if discovering:
         proto, discovered = _discover(name, proto, source, adapter, sample, log)
-    if req.decode is not None:
+    if decode is not None:
         candidates = cpu_session(proto).run([CANDIDATE_OUTPUTS[1]], {INPUT_NAME: sample[:1]})[0]
-        proto = nms.append_nms(proto, req.decode, anchors=candidates.shape[1], classes=candidates.shape[2])
-    attention = _attention_outputs(proto, sample, declared, discovered, size)
+        proto = nms.append_nms(proto, decode, anchors=candidates.shape[1], classes=candidates.shape[2])
+    attention = attention_outputs(proto, sample, declared, discovered, size)
     names = [*PREDICTION_OUTPUTS[task], *(a.name for a in attention)]
 
     log(f"{name}: verifying {exporter} graph with {len(attention)} attention outputs")
@@ -137,9 +138,9 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = print) -> tupl
     )
     # PyTorch's outputs from the model as written: equal to the graph's, they prove any rewrite exact
     expected = run_torch(adapter, images, discovered)
-    if req.decode is not None:  # the graph's NMS against the same NMS in numpy, on PyTorch's candidates
+    if decode is not None:  # the graph's NMS against the same NMS in numpy, on PyTorch's candidates
         expected |= nms.reference(
-            expected.pop(CANDIDATE_OUTPUTS[0]), expected.pop(CANDIDATE_OUTPUTS[1]), req.decode
+            expected.pop(CANDIDATE_OUTPUTS[0]), expected.pop(CANDIDATE_OUTPUTS[1]), decode
         )
     fp32_parity = parity(task, expected, run_onnx(proto, images, names), size)
     fp32_parity["images"] = f"{PARITY_SCENES} generated scenes and {PARITY_NOISE} uniform-noise images"
@@ -174,9 +175,9 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = print) -> tupl
             "attention": req.attention,
             "exporter_failures": failures,
             **_explicit_attention_record(explicit),
-            **({"decoding": req.decode.record()} if req.decode else {}),
+            **({"decoding": decode.record()} if decode else {}),
         },
-        versions=_versions(),
+        versions=library_versions(),
         verification=verification,
     )
     proto.metadata_props.add(key=METADATA_KEY, value=manifest.to_json())
@@ -313,17 +314,18 @@ def _given_labels(req: ExportRequest, source: SourceModel) -> list[str] | None:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _decoder(req: ExportRequest, source: SourceModel, labels: list[str] | None) -> HeadDecoder | None:
-    if req.decode is None:
+def _decoder(decode: DecodeSpec | None, source: SourceModel, labels: list[str] | None) -> HeadDecoder | None:
+    """What turns the raw heads into candidates: given with --head, or declared by one of our models."""
+    if decode is None:
         return None
     if source.task != DETECTION:
-        raise ExportError(f"--head {req.decode.layout} is for detectors; this is a {source.task} model.")
+        raise ExportError(f"--head {decode.layout} is for detectors; this is a {source.task} model.")
     if not labels:
         raise ExportError(
             "a detection model needs --labels FILE (one class name per line, in class-id order)."
         )
-    req.decode.check()
-    return HeadDecoder(req.decode, len(labels), source.input_size)
+    decode.check()
+    return HeadDecoder(decode, len(labels), source.input_size)
 
 
 def _labels(
@@ -346,7 +348,7 @@ def _labels(
     return labels
 
 
-def _attention_outputs(proto, sample, declared, discovered, size) -> list[AttentionOutput]:
+def attention_outputs(proto, sample, declared, discovered, size) -> list[AttentionOutput]:
     names = [s.name for s in declared]
     shapes = {}
     if names:
@@ -426,7 +428,7 @@ def _parity_lines(figures: dict) -> str:
     return "; ".join(parts) + f" (tolerance {figures['tolerance']})"
 
 
-def _versions() -> dict:
+def library_versions() -> dict:
     return {
         "attnserve": version("attnserve"),
         "torch": torch.__version__,

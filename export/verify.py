@@ -21,14 +21,16 @@ AGREEMENT_SCORE = 0.3  # detections kept when comparing a quantised model with f
 BATCH = 8
 
 
-def check_graph(proto: onnx.ModelProto) -> None:
+EXPORTER_HINT = (
+    "This is a bug in the exporter path for this model; try --exporter torchscript or torch.export."
+)
+
+
+def check_graph(proto: onnx.ModelProto, hint: str = EXPORTER_HINT) -> None:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
-        raise ExportError(
-            f"the exported graph fails onnx.checker's full check: {exc}. This is a bug in the exporter "
-            "path for this model; try --exporter torchscript or --exporter torch.export."
-        ) from exc
+        raise ExportError(f"the exported graph fails onnx.checker's full check: {exc}. {hint}") from exc
 
 
 def run_onnx(

@@ -1,0 +1,90 @@
+"""``attnserve import``: an ONNX file from any framework → the model repository, its gates as maps.
+
+attnserve import MODEL.onnx --task classification|detection --labels FILE --name NAME --repository DIR
+                 [--layout auto|nchw|nhwc] [--input-range unit|bytes] [--channels rgb|bgr]
+                 [--image-mean R G B --image-std R G B] [--scores logits|probabilities] [--output NAME]
+                 [--detection-outputs BOXES SCORES CLASSES] [--input-size H W]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from attnserve.imaging import RESIZE_POLICIES
+from attnserve.manifest import TASKS
+from export.errors import ExportError
+from export.importer import CHANNEL_ORDERS, LAYOUTS, SCORE_KINDS, VALUE_RANGES, ImportRequest, import_model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attnserve import", description=__doc__.splitlines()[0])
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("onnx", type=Path, help="the .onnx file")
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument(
+        "--labels", type=Path, required=True, help="text file, one class name per line in output order"
+    )
+    p.add_argument("--name", required=True, help="model name in the repository")
+    p.add_argument("--repository", type=Path, required=True, help="model repository folder")
+    p.add_argument("--version", type=int, help="version number (default: the next free one)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    p.add_argument(
+        "--input-size", nargs=2, type=int, metavar=("H", "W"), help="when the graph leaves H, W open"
+    )
+    p.add_argument(
+        "--layout", choices=LAYOUTS, default="auto", help="the input's layout (auto: from its shape)"
+    )
+    p.add_argument("--input-range", choices=VALUE_RANGES, default="unit", help="unit: [0, 1]; bytes: 0..255")
+    p.add_argument("--channels", choices=CHANNEL_ORDERS, default="rgb", help="the input's channel order")
+    p.add_argument("--image-mean", nargs=3, type=float, metavar=("R", "G", "B"), help="in the input's units")
+    p.add_argument("--image-std", nargs=3, type=float, metavar=("R", "G", "B"), help="in the input's units")
+    p.add_argument("--scores", choices=SCORE_KINDS, default="logits", help="what a classifier outputs")
+    p.add_argument("--output", help="a classifier's class-score output, when the graph has several")
+    p.add_argument(
+        "--detection-outputs", nargs=3, metavar=("BOXES", "SCORES", "CLASSES"), help="a detector's"
+    )
+    p.add_argument("--resize", choices=RESIZE_POLICIES, help="default: letterbox (detection), resize (else)")
+    p.add_argument("--attention", choices=("auto", "none"), default="auto", help="auto: the gates found")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if (args.image_mean is None) != (args.image_std is None) or (args.image_std and min(args.image_std) <= 0):
+        print(
+            "attnserve import: error: pass --image-mean and --image-std together, std positive",
+            file=sys.stderr,
+        )
+        return 2
+    request = ImportRequest(
+        onnx=args.onnx,
+        repository=args.repository,
+        name=args.name,
+        task=args.task,
+        labels=args.labels,
+        version=args.version,
+        input_size=tuple(args.input_size) if args.input_size else None,
+        layout=args.layout,
+        value_range=args.input_range,
+        channels=args.channels,
+        image_mean=args.image_mean,
+        image_std=args.image_std,
+        scores=args.scores,
+        attention=args.attention,
+        output=args.output,
+        detection_outputs=tuple(args.detection_outputs) if args.detection_outputs else None,
+        resize=args.resize,
+        overwrite=args.overwrite,
+    )
+    try:
+        path, manifest = import_model(request, log=lambda line: print(line, file=sys.stderr, flush=True))
+    except ExportError as exc:
+        print(f"attnserve import: error: {exc}", file=sys.stderr)
+        return 2
+    checked = manifest.verification["predictions_vs_original"]
+    print(f"{path}: {manifest.task}, imported, {len(manifest.attention)} attention outputs")
+    same = ", ".join(checked["bit_identical"])
+    print(f"  {same} bit-identical to the original graph's on {checked['images']}")
+    for a in manifest.attention:
+        print(f"  {a.name}: {a.kind} {a.shape} from {a.source or 'model'}")
+    return 0
