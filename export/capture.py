@@ -1,8 +1,11 @@
 """What a PyTorch forward pass computes inside a user's model, module by module.
 
-``GateRecorder`` records every gate activation (sigmoid, hard sigmoid, softmax) and every
+``GateRecorder`` records every gate activation (sigmoid, hard sigmoid, softmax, their in-place forms,
+and a hard sigmoid written as arithmetic: ``relu6(x + 3) / 6``, ``clamp(x + 3, 0, 6) / 6``) and every
 ``nn.MultiheadAttention``'s per-head probabilities, with the module it ran in, so maps discovered in
-the ONNX graph can be checked against PyTorch's own values.
+the ONNX graph can be checked against PyTorch's own values. Each value is copied when computed, so
+in-place operations after it (``relu_``, ``+=``, ``mul_``) cannot change what the map is checked
+against.
 
 ``ExplicitAttention`` makes attention's probabilities exist at all: ``F.scaled_dot_product_attention``
 is fused (no probabilities in PyTorch, a fused ``Attention`` op at ONNX opset ≥ 23), and
@@ -25,12 +28,29 @@ from torch.overrides import TorchFunctionMode
 GATE_FUNCTIONS = {
     torch.sigmoid,
     torch.Tensor.sigmoid,
+    torch.sigmoid_,
+    torch.Tensor.sigmoid_,
     torch.special.expit,
     F.hardsigmoid,
     torch.softmax,
     torch.Tensor.softmax,
     F.softmax,
 }
+
+
+# clamps to [0, 6]: divided by 6 (or times 1/6) they are a hard sigmoid written out
+SIX_CLAMPS = {F.relu6, F.hardtanh, torch.clamp, torch.Tensor.clamp, torch.clip, torch.Tensor.clip}
+SCALINGS = {"div": 6.0, "__truediv__": 6.0, "true_divide": 6.0, "mul": 1 / 6, "__mul__": 1 / 6}
+
+
+def _clamps_to_six(func, args: tuple, kwargs: dict) -> bool:
+    if func is F.relu6:
+        return True
+    if func is F.hardtanh:
+        low, high = (list(args[1:3]) + [kwargs.get("min_val", -1.0), kwargs.get("max_val", 1.0)])[:2]
+    else:
+        low, high = (list(args[1:3]) + [kwargs.get("min"), kwargs.get("max")])[:2]
+    return low == 0 and high == 6
 
 
 @dataclass
@@ -76,15 +96,29 @@ class GateRecorder(_ScopedMode):
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         self.records: list[GateRecord] = []
+        self._clamped: dict[int, torch.Tensor] = {}  # id → a [0, 6] clamp's output (kept alive)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func in GATE_FUNCTIONS and isinstance(out, torch.Tensor):
             self.records.append(GateRecord(self.scope, out.detach().clone()))
+        elif func in SIX_CLAMPS and _clamps_to_six(func, args, kwargs or {}):
+            self._clamped[id(out)] = out
+        elif _scales_clamp(func, args, self._clamped):
+            self.records.append(GateRecord(self.scope, out.detach().clone()))
         elif func is F.multi_head_attention_forward and _per_head(out):
             # its softmax runs inside this one call, out of the mode's sight: record what it returns
             self.records.append(GateRecord(self.scope, out[1].detach().clone()))
         return out
+
+
+def _scales_clamp(func, args: tuple, clamped: dict[int, torch.Tensor]) -> bool:
+    """Whether this is a [0, 6] clamp divided by 6 or times 1/6: a hard sigmoid's last step."""
+    factor = SCALINGS.get(getattr(func, "__name__", ""))
+    if factor is None or len(args) != 2:
+        return False
+    tensor, scalar = (args[0], args[1]) if id(args[0]) in clamped else (args[1], args[0])
+    return id(tensor) in clamped and isinstance(scalar, (int, float)) and abs(scalar - factor) < 1e-6
 
 
 def _per_head(out) -> bool:

@@ -1,11 +1,14 @@
 """Find the attention gates in an exported ONNX graph and promote them to named outputs.
 
-A gate is a Sigmoid / HardSigmoid / Softmax whose result, possibly through reshapes, transposes,
+A gate is a Sigmoid / HardSigmoid / Softmax (or a hard sigmoid written as arithmetic: a Clip to [0, 6]
+divided by 6) whose result, possibly through reshapes, transposes,
 expands, an added constant (``1 + sigmoid(...)``) or a constant scale, multiplies a feature tensor. Its
 shape against that feature says what it is: N×1×H×W spatial, N×C(×1×1) channel, N×C×H×W full (its
 channel mean is also emitted as a spatial map), N×C×H×1 / N×C×1×W coordinate-attention axes (a pair in
 one module also gives the channel mean of their product as a spatial map). ``x * sigmoid(x)`` (SiLU,
-Swish) is an activation and ``heat * (maxpool(heat) == heat)`` a peak mask: neither is a gate. Each
+Swish) is an activation and ``heat * (maxpool(heat) == heat)`` a peak mask: neither is a gate. A
+softmax over a feature's positions that pools it (``feature @ softmax``: global-context blocks) is
+its spatial attention too. Each
 output is named after the module that applies the gate, e.g. ``layer3.1.cbam.spatial``.
 
 Every promoted map is matched to the value PyTorch computed in the same module (export.capture);
@@ -41,6 +44,7 @@ class Gate:
     feature_shape: tuple[int, ...] = ()
     kind: str = ""
     record: int = -1  # index of the matching PyTorch GateRecord
+    pooling: bool = False  # a softmax over positions that pools the feature, not a product with it
 
 
 @dataclass
@@ -77,6 +81,14 @@ def discover(
         gate.shape, gate.feature_shape = values[gate.tensor].shape, values[gate.feature].shape
         gate.kind = classify(gate.shape, gate.feature_shape)
         where = f"{gate.tensor} in {gate.scope or 'the top-level module'}"
+        if gate.pooling and sum(d != 1 for d in gate.shape[1:]) != 1:
+            continue  # not one distribution over positions: self-attention, found elsewhere
+        perm = _permuted_from(gate.feature, proto.graph)
+        if perm:  # triplet attention's branches: the gate's plane is (C, W) or (H, C), not the image's
+            skipped.append(
+                f"{where}: gates a permuted view of its feature (Transpose {perm}); not served yet"
+            )
+            continue
         if not gate.kind:
             skipped.append(f"{where}: gate {gate.shape} on feature {gate.feature_shape} has no known layout")
             continue
@@ -109,22 +121,100 @@ def find_gates(proto: onnx.ModelProto) -> list[Gate]:
     constants = {i.name for i in graph.initializer} | {
         o for n in graph.node if n.op_type == "Constant" for o in n.output
     }
-    gate_ops = [n for n in graph.node if n.op_type in GATE_OPS]
-    gated = _gate_values([n.output[0] for n in gate_ops], consumers, constants)
+    # (gate tensor, what it is computed from, the node that names its scope)
+    activations = [(n.output[0], n.input[0], n) for n in graph.node if n.op_type in GATE_OPS]
+    activations += _arithmetic_hard_sigmoids(graph, consumers)
+    gated = _gate_values([a[0] for a in activations], consumers, constants)
     gates = []
-    for node in gate_ops:
+    for tensor, argument, node in activations:
         scope = node_scope(node)
-        product = _gating_product(node.output[0], consumers, constants, gated)
+        product = _gating_product(tensor, consumers, constants, gated)
         if product is None:
+            pooled = _pooled_feature(tensor, consumers, graph) if node.op_type == "Softmax" else None
+            if pooled is not None:
+                gates.append(Gate(tensor, pooled, scope, scope, pooling=True))
             continue
         mul, feature = product
-        if feature == node.input[0]:  # x * sigmoid(x): an activation (SiLU, Swish), not a gate
+        if feature == argument:  # x * sigmoid(x): an activation (SiLU, Swish, hard swish), not a gate
             continue
-        if feature in _descendants(node.output[0], consumers):  # heat * (maxpool(heat) == heat): a mask
+        if feature in _descendants(tensor, consumers):  # heat * (maxpool(heat) == heat): a mask
             continue
         # named after the module that applies the gate: the SE block, not the nn.Sigmoid inside it
-        gates.append(Gate(node.output[0], feature, scope, node_scope(mul)))
+        gates.append(Gate(tensor, feature, scope, node_scope(mul)))
     return gates
+
+
+def _pooled_feature(tensor: str, consumers, graph: onnx.GraphProto) -> str | None:
+    """The 4-d feature a softmax's weights pool by a MatMul (through reshapes), else None."""
+    producer = {o: n for n in graph.node for o in n.output}
+    pending, seen = [tensor], set()
+    while pending:
+        name = pending.pop()
+        for node in consumers.get(name, []):
+            if node.op_type in PASS_THROUGH and node.input[0] == name and node.output[0] not in seen:
+                seen.add(node.output[0])
+                pending.append(node.output[0])
+            elif node.op_type == "MatMul":
+                other = node.input[0] if node.input[1] == name else node.input[1]
+                source = producer.get(other)
+                while source is not None and source.op_type in PASS_THROUGH:
+                    other = source.input[0]
+                    source = producer.get(other)
+                return other
+    return None
+
+
+def _permuted_from(tensor: str, graph: onnx.GraphProto) -> list[int]:
+    """The Transpose that made ``tensor`` (through copies) a permuted view of a 4-d feature, else []."""
+    producer = {o: n for n in graph.node for o in n.output}
+    node = producer.get(tensor)
+    while node is not None and node.op_type == "Identity":
+        node = producer.get(node.input[0])
+    if node is None or node.op_type != "Transpose":
+        return []
+    perm = list(next((a.ints for a in node.attribute if a.name == "perm"), []))
+    return perm if len(perm) == 4 and perm[0] == 0 and perm != [0, 1, 2, 3] else []
+
+
+def _arithmetic_hard_sigmoids(graph: onnx.GraphProto, consumers) -> list[tuple[str, str, onnx.NodeProto]]:
+    """``relu6(x + 3) / 6`` and ``clamp(x + 3, 0, 6) / 6`` (MobileNetV3's h_sigmoid, written out): a Clip
+    to [0, 6] of x + 3, divided by 6 or times 1/6. Returns (the scaled output, x, the Clip node)."""
+    values = _constant_values(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def scalar(name: str) -> float | None:
+        v = values.get(name)
+        return float(v.reshape(-1)[0]) if v is not None and v.size == 1 else None
+
+    found = []
+    for clip in (n for n in graph.node if n.op_type == "Clip" and len(n.input) == 3):
+        if (scalar(clip.input[1]), scalar(clip.input[2])) != (0.0, 6.0):
+            continue
+        add = producer.get(clip.input[0])
+        if add is None or add.op_type != "Add":
+            continue
+        shifted = [i for i in add.input if scalar(i) != 3.0]
+        if len(shifted) != 1:
+            continue
+        for node in consumers.get(clip.output[0], []):
+            other = scalar(next((i for i in node.input if i != clip.output[0]), ""))
+            if other is None:
+                continue
+            if (node.op_type == "Div" and node.input[0] == clip.output[0] and abs(other - 6) < 1e-6) or (
+                node.op_type == "Mul" and abs(other - 1 / 6) < 1e-6
+            ):
+                found.append((node.output[0], shifted[0], clip))
+    return found
+
+
+def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            attr = next((a for a in node.attribute if a.name == "value"), None)
+            if attr is not None:
+                values[node.output[0]] = numpy_helper.to_array(attr.t)
+    return values
 
 
 def node_scope(node: onnx.NodeProto) -> str:

@@ -16,17 +16,23 @@ from models.evaluate import to_tensor
 from models.scenes import generate
 from models.zoo import demo_checkpoint, load_checkpoint
 
-STYLES = ["se", "cbam", "eca", "bam", "coord", "coord_joint", "hard_se", "softmax_spatial"]
+STYLES = ["se", "cbam", "eca", "bam", "coord", "coord_joint", "hard_se", "softmax_spatial", "inplace_se",
+          "inplace_spatial", "hard_relu6", "hard_clamp", "hard_function", "one_plus", "residual_gate",
+          "addcmul", "simam", "two_scale", "global_context"]  # fmt: skip
 
 
 def reference_maps(style: str, model, images: torch.Tensor) -> dict[str, np.ndarray]:
     """Each map from its paper's formula, using the submodules' outputs caught by forward hooks."""
-    caught = defaultdict(list)
-    hooks = [
-        m.register_forward_hook(lambda _m, _i, out, name=name: caught[name].append(out))
-        for name, m in model.named_modules()
-        if name
-    ]
+    caught, inputs = defaultdict(list), defaultdict(list)
+
+    def catch(name):  # copies: in-place code changes a module's output after the hook has run
+        def hook(_module, args, out):
+            caught[name].append(out.clone() if isinstance(out, torch.Tensor) else out)
+            inputs[name].append(args[0].clone())
+
+        return hook
+
+    hooks = [m.register_forward_hook(catch(name)) for name, m in model.named_modules() if name]
     with torch.no_grad():
         model(images)
     for h in hooks:
@@ -49,6 +55,25 @@ def reference_maps(style: str, model, images: torch.Tensor) -> dict[str, np.ndar
             maps[f"{a}.channel"] = caught[f"{a}.fc"][0]
         elif style == "softmax_spatial":  # the gate is the softmax; the rescaling is a constant factor
             scores = caught[f"{a}.score"][0]
+            maps[f"{a}.spatial"] = torch.softmax(scores.flatten(1), dim=1).view_as(scores)
+        elif style == "inplace_se":
+            maps[f"{a}.channel"] = torch.sigmoid(caught[f"{a}.fc2"][0]).flatten(1)
+        elif style in ("hard_relu6", "hard_clamp", "hard_function"):  # all three: relu6(x + 3) / 6
+            maps[f"{a}.channel"] = torch.nn.functional.hardsigmoid(caught[f"{a}.fc"][0]).flatten(1)
+        elif style in ("inplace_spatial", "one_plus", "residual_gate", "addcmul"):
+            maps[f"{a}.spatial"] = torch.sigmoid(caught[f"{a}.conv"][0])
+        elif style == "simam":  # σ(energy) of the module's input, from the paper
+            x = inputs[a][0]
+            d = (x - x.mean((2, 3), keepdim=True)) ** 2
+            full = torch.sigmoid(
+                d / (4 * (d.sum((2, 3), keepdim=True) / (x.shape[2] * x.shape[3] - 1) + 1e-4)) + 0.5
+            )
+            maps[f"{a}.full"], maps[f"{a}.spatial"] = full, full.mean(1, keepdim=True)
+        elif style == "two_scale":  # the full-resolution gate, then the half-resolution one
+            maps[f"{a}.spatial"] = torch.sigmoid(caught[f"{a}.convs.0"][0])
+            maps[f"{a}.spatial_2"] = torch.sigmoid(caught[f"{a}.convs.1"][0])
+        elif style == "global_context":  # the softmax over positions that pools the feature
+            scores = caught[f"{a}.conv_mask"][0]
             maps[f"{a}.spatial"] = torch.softmax(scores.flatten(1), dim=1).view_as(scores)
         elif style in ("coord", "coord_joint"):
             a_h, a_w = torch.sigmoid(caught[f"{a}.conv_h"][0]), torch.sigmoid(caught[f"{a}.conv_w"][0])
@@ -95,6 +120,20 @@ def test_gates_are_found_named_and_equal_to_the_papers_formula(tmp_path, style):
         )
     with torch.no_grad():
         np.testing.assert_allclose(got["logits"], model(images).numpy(), atol=1e-4, rtol=0)
+
+
+def test_gates_in_a_permuted_frame_are_left_out_with_the_reason(tmp_path):
+    """Triplet attention gates two permuted views of its feature (planes C×W and H×C, not the image's)
+    and the feature itself: the image-plane gate is served, the others are named in the manifest."""
+    lines = []
+    request = ExportRequest(
+        tmp_path, name="triplet", factory="user_models:build", factory_kwargs='{"attention": "triplet"}',
+        task="classification", input_size=(32, 32),
+    )  # fmt: skip
+    manifest = export_model(request, log=lines.append)[1]
+    assert sorted(a.name for a in manifest.attention) == [f"layer{i}.attention.hw.spatial" for i in (1, 2)]
+    left_out = [line for line in lines if "permuted view" in line]
+    assert len(left_out) == 4 and any("Transpose [0, 2, 1, 3]" in line for line in left_out)
 
 
 @pytest.mark.parametrize("style", ["se", "eca", "bam"])

@@ -210,6 +210,140 @@ class SoftmaxSpatial(nn.Module):
         return x * (weights * (h * w)).view(n, 1, h, w)
 
 
+# --- in-place code: nn.ReLU(inplace=True), y.sigmoid_(), torch.sigmoid_(g), out *= y, y += x -----------
+class InplaceSE(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, max(2, channels // 4), 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(max(2, channels // 4), channels, 1)
+
+    def forward(self, x):
+        y = self.fc2(self.relu(self.fc1(x.mean((2, 3), keepdim=True))))
+        y.sigmoid_()
+        out = x.clone()
+        out *= y
+        return out
+
+
+class InplaceSpatial(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 1, 3, padding=1)
+
+    def forward(self, x):
+        g = self.conv(x)
+        torch.sigmoid_(g)
+        y = x * g
+        y += x
+        return y
+
+
+# --- hard sigmoids written as arithmetic (MobileNetV3 ports) and as F.hardsigmoid --------------------
+class HardGateSE(nn.Module):
+    def __init__(self, channels, form):
+        super().__init__()
+        self.fc = nn.Conv2d(channels, channels, 1)
+        self.form = form
+
+    def forward(self, x):
+        y = self.fc(x.mean((2, 3), keepdim=True))
+        if self.form == "relu6":
+            return x * (F.relu6(y + 3) / 6)
+        if self.form == "clamp":
+            return x * (torch.clamp(y + 3, 0, 6) / 6)
+        return x * F.hardsigmoid(y)
+
+
+# --- gates scaled or offset: (1 + g) * x, x + x * g, torch.addcmul(x, x, g) ----------------------------
+class OffsetSpatial(nn.Module):
+    def __init__(self, channels, form):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 1, 3, padding=1)
+        self.form = form
+
+    def forward(self, x):
+        g = torch.sigmoid(self.conv(x))
+        if self.form == "one_plus":
+            return (1 + g) * x
+        if self.form == "residual":
+            return x + x * g
+        return torch.addcmul(x, x, g)
+
+
+# --- SimAM (Yang et al., ICML 2021), reference code: a parameter-free energy through a sigmoid -------
+class SimAM(nn.Module):
+    def __init__(self, channels, e_lambda=1e-4):
+        super().__init__()
+        self.e_lambda = e_lambda
+
+    def forward(self, x):
+        b, c, h, w = x.size()
+        n = w * h - 1
+        x_minus_mu_square = (x - x.mean(dim=[2, 3], keepdim=True)).pow(2)
+        y = (
+            x_minus_mu_square / (4 * (x_minus_mu_square.sum(dim=[2, 3], keepdim=True) / n + self.e_lambda))
+            + 0.5
+        )
+        return x * torch.sigmoid(y)
+
+
+# --- one module gating a feature and its half-resolution copy (pyramid attention) -----------------------
+class TwoScaleSpatial(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(channels, 1, 3, padding=1) for _ in range(2))
+
+    def forward(self, x):
+        small = F.avg_pool2d(x, 2)
+        full = x * torch.sigmoid(self.convs[0](x))
+        half = small * torch.sigmoid(self.convs[1](small))
+        return full + F.interpolate(half, size=x.shape[2:], mode="nearest")
+
+
+# --- GCNet's global context block (Cao et al. 2019), reference code: a softmax over positions pools ----
+class ContextBlock(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv_mask = nn.Conv2d(channels, 1, kernel_size=1)
+        self.channel_add_conv = nn.Sequential(
+            nn.Conv2d(channels, channels // 2, kernel_size=1),
+            nn.LayerNorm([channels // 2, 1, 1]),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels // 2, channels, kernel_size=1),
+        )
+
+    def forward(self, x):
+        batch, channel, height, width = x.size()
+        input_x = x.view(batch, channel, height * width).unsqueeze(1)
+        context_mask = self.conv_mask(x).view(batch, 1, height * width)
+        context_mask = F.softmax(context_mask, dim=2).unsqueeze(-1)
+        context = torch.matmul(input_x, context_mask).view(batch, channel, 1, 1)
+        return x + self.channel_add_conv(context)
+
+
+# --- triplet attention (Misra et al. 2021), reference code: two of its three gates in permuted frames ---
+class ZPoolGate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, 7, padding=3)
+
+    def forward(self, x):
+        pooled = torch.cat((torch.max(x, 1)[0].unsqueeze(1), torch.mean(x, 1).unsqueeze(1)), dim=1)
+        return x * torch.sigmoid(self.conv(pooled))
+
+
+class TripletAttention(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.cw, self.hc, self.hw = ZPoolGate(), ZPoolGate(), ZPoolGate()
+
+    def forward(self, x):
+        x_out1 = self.cw(x.permute(0, 2, 1, 3).contiguous()).permute(0, 2, 1, 3).contiguous()
+        x_out2 = self.hc(x.permute(0, 3, 2, 1).contiguous()).permute(0, 3, 2, 1).contiguous()
+        return 1 / 3 * (self.hw(x) + x_out1 + x_out2)
+
+
 # --- a small ResNet-like host for any of them, with SiLU activations (x * sigmoid(x): not a gate) ------
 class Block(nn.Module):
     def __init__(self, cin, cout, attention):
@@ -250,6 +384,18 @@ ATTENTIONS = {
     "coord_joint": lambda c: CoordAtt(c, c, joint=True),
     "hard_se": HardSE,
     "softmax_spatial": SoftmaxSpatial,
+    "inplace_se": InplaceSE,
+    "inplace_spatial": InplaceSpatial,
+    "hard_relu6": lambda c: HardGateSE(c, "relu6"),
+    "hard_clamp": lambda c: HardGateSE(c, "clamp"),
+    "hard_function": lambda c: HardGateSE(c, "function"),
+    "one_plus": lambda c: OffsetSpatial(c, "one_plus"),
+    "residual_gate": lambda c: OffsetSpatial(c, "residual"),
+    "addcmul": lambda c: OffsetSpatial(c, "addcmul"),
+    "simam": SimAM,
+    "two_scale": TwoScaleSpatial,
+    "global_context": ContextBlock,
+    "triplet": TripletAttention,
 }
 
 
