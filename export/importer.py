@@ -127,7 +127,7 @@ def import_model(req: ImportRequest, log=print) -> tuple[Path, Manifest]:
         version=version,
         task=req.task,
         labels=labels,
-        input=InputSpec(INPUT_NAME, size[0], size[1], resize, [0.0] * 3, [1.0] * 3),
+        input=InputSpec(INPUT_NAME, size[0], size[1], resize, *_normalisation(req)),
         predictions=list(PREDICTION_OUTPUTS[req.task]),
         attention=attention_outputs(proto, sample, [], maps, size),
         precision="fp32",
@@ -157,6 +157,16 @@ def import_model(req: ImportRequest, log=print) -> tuple[Path, Manifest]:
     path = repository.write_version(req.repository, req.name, version, out, manifest.to_json(), req.overwrite)
     log(f"{req.name}: wrote {path} ({len(out) / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s")
     return path, manifest
+
+
+def _normalisation(req: ImportRequest) -> tuple[list[float], list[float]]:
+    """The preprocessing as the manifest states every model's: (x - mean) / std of the [0, 1] RGB input."""
+    scale = 255.0 if req.value_range == "bytes" else 1.0
+    mean = np.array(req.image_mean if req.image_mean is not None else [0.0] * 3) / scale
+    std = np.array(req.image_std if req.image_std is not None else [1.0] * 3) / scale
+    if req.channels == "bgr":  # given in the file's channel order
+        mean, std = mean[::-1], std[::-1]
+    return mean.tolist(), std.tolist()
 
 
 def _read(path: Path) -> bytes:

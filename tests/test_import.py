@@ -101,6 +101,7 @@ def test_a_keras_like_graph_imports_with_its_gates_and_serves(tmp_path, labels):
     manifest = Manifest.read(repo / "keras" / "1" / "manifest.json")
     assert manifest.source["origin"] == "imported" and manifest.exporter == "imported"
     assert manifest.source["preprocessing"]["layout"] == "nhwc"
+    assert manifest.input.mean == [0.5] * 3 and manifest.input.std == [0.5] * 3  # (255x - 127.5) / 127.5
     assert manifest.verification["predictions_vs_original"]["bit_identical"] == ["probabilities"]
     maps = {a.name: a for a in manifest.attention}
     assert sorted((a.kind, a.shape) for a in maps.values()) == [
