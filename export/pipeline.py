@@ -118,9 +118,9 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = print) -> tupl
         proto, exporter, failures = export_onnx(adapter, torch.from_numpy(sample), req.opset, req.exporter)
     for failure in failures:
         log(f"{name}: fell back from {failure}")
-    discovered = []
+    discovered, left_out = [], []
     if discovering:
-        proto, discovered = _discover(name, proto, source, adapter, sample, log)
+        proto, discovered, left_out = _discover(name, proto, source, adapter, sample, log)
     if decode is not None:
         candidates = cpu_session(proto).run([CANDIDATE_OUTPUTS[1]], {INPUT_NAME: sample[:1]})[0]
         proto = nms.append_nms(proto, decode, anchors=candidates.shape[1], classes=candidates.shape[2])
@@ -174,6 +174,7 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = print) -> tupl
             **source.description,
             "attention": req.attention,
             "exporter_failures": failures,
+            "attention_left_out": left_out,
             **_explicit_attention_record(explicit),
             **({"decoding": decode.record()} if decode else {}),
         },
@@ -276,18 +277,21 @@ def _discover(
     adapter: ExportAdapter,
     sample: np.ndarray,
     log: Callable[[str], None],
-) -> tuple[onnx.ModelProto, list]:
-    """The graph with every gate and self-attention map it holds as an output, and those maps."""
+) -> tuple[onnx.ModelProto, list, list[str]]:
+    """The graph with every gate and self-attention map it holds as an output, those maps, and a line
+    for each one found but left out (and why)."""
     with torch.no_grad(), GateRecorder(source.module) as recorder, ExplicitAttention(source.module):
         adapter(torch.from_numpy(sample))
     gates, skipped_gates = discover(proto, sample, recorder.records)
     attention, skipped_attention = discover_self_attention(proto, sample, recorder.records, source.input_size)
+    left_out = []
     for what, lines in (("gate", skipped_gates), ("self-attention", skipped_attention)):
         for line in lines:
             log(f"{name}: {what} left out: {line}")
+            left_out.append(f"{what}: {line}")
     proto = promote(proto, gates) if gates else proto
     proto = promote_self_attention(proto, attention) if attention else proto
-    return proto, [*gates, *attention]
+    return proto, [*gates, *attention], left_out
 
 
 def _explicit_attention_record(explicit: ExplicitAttention | None) -> dict:

@@ -134,6 +134,9 @@ def test_gates_in_a_permuted_frame_are_left_out_with_the_reason(tmp_path):
     assert sorted(a.name for a in manifest.attention) == [f"layer{i}.attention.hw.spatial" for i in (1, 2)]
     left_out = [line for line in lines if "permuted view" in line]
     assert len(left_out) == 4 and any("Transpose [0, 2, 1, 3]" in line for line in left_out)
+    # the reasons stay with the model, for whoever serves it later
+    stored = manifest.source["attention_left_out"]
+    assert len(stored) == 4 and all(s.startswith("gate: ") and "permuted view" in s for s in stored)
 
 
 @pytest.mark.parametrize("style", ["se", "eca", "bam"])
