@@ -146,7 +146,7 @@ def import_model(req: ImportRequest, log=print) -> tuple[Path, Manifest]:
                 "std": req.image_std,
             },
             "scores": req.scores if req.task == CLASSIFICATION else None,
-            "gates_left_out": skipped,
+            "attention_left_out": [f"gate: {line}" for line in skipped],
         },
         versions=library_versions(),
         verification=verification,
