@@ -66,30 +66,44 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Retrain the demo models into models/weights/ (tens of minutes per run on 2 CPU cores; about two
-# hours in all). A classifier from scratch sits near chance for its first ~400 steps (a global label, an
+# Retrain the demo models into models/weights/ (tens of minutes per run on 2 CPU cores; about three and
+# a half hours in all). A classifier from scratch sits near chance for its first ~400 steps (a global label, an
 # object anywhere in clutter), so both classifiers continue from one 1000-step CBAM warm-up run: the ECA
 # model takes the warm-up's convolutions (its attention modules are its own), CBAM takes more stages at
 # lower rates. The ViT is a hybrid whose ResNet stem starts from CBAM's convolutions (before the last
-# stage), so its transformer blocks learn on features that already see shapes. Each model ends with a
-# "broad" stage: 1200–1500 more steps on 20000 (ViT: 2500 on 30000) fresh scenes of the full training style.
-# The shipped weights went through these stages once, the CNNs' earlier ones on the previous, narrower
-# scene generator (objects 24–52 % of the side, fewer textures), the ViT's first on a draft of today's
-# (no tone curves or impulse noise, JPEG from 25); this recipe runs every stage on today's.
+# stage), so its transformer blocks learn on features that already see shapes; the FCOS detector starts
+# from the HAR-Net detector's backbone and FPN. The classifiers end with a "broad" stage (1200–2500 steps
+# on 20000–30000 fresh scenes of the full training style) and a multi-scale one (each batch resized to
+# 80–120 px, so the filters meet each relative size at several sizes in pixels). Both detectors learn
+# their spatial attention guided by the boxes (models/train.py: mask-guided attention).
+# The shipped weights went through these stages once: the CNNs' first ones on earlier, narrower scene
+# generators, the detector's before its attention was guided, the classifiers' last on today's; this
+# recipe runs every stage on today's.
 train: install
 	$(PY) -m models.train harnet_detector --out runs/harnet_base.pt
-	$(PY) -m models.train harnet_detector --init runs/harnet_base.pt --steps 1200 --lr 1.5e-3 --seed 3
+	$(PY) -m models.train harnet_detector --init runs/harnet_base.pt --steps 1200 --lr 1.5e-3 --seed 3 \
+		--out runs/harnet_stage2.pt
+	$(PY) -m models.train harnet_detector --init runs/harnet_stage2.pt --steps 1200 --lr 1.5e-3 --seed 4
+	$(PY) -m models.train fcos_detector --init models/weights/harnet_detector.pt --steps 2000 --lr 2e-3 --seed 5
 	$(PY) -m models.train cbam_classifier --out runs/cbam_warmup.pt
 	$(PY) -m models.train cbam_classifier --init runs/cbam_warmup.pt --steps 1200 --lr 2e-3 --out runs/cbam_stage2.pt
 	$(PY) -m models.train cbam_classifier --init runs/cbam_stage2.pt --steps 800 --lr 1e-3 --seed 1 --out runs/cbam_stage3.pt
 	$(PY) -m models.train cbam_classifier --init runs/cbam_stage3.pt --steps 1200 --lr 1e-3 --seed 2 --out runs/cbam_stage4.pt
-	$(PY) -m models.train cbam_classifier --init runs/cbam_stage4.pt --steps 1500 --lr 2e-3 --seed 3 --train-size 20000
+	$(PY) -m models.train cbam_classifier --init runs/cbam_stage4.pt --steps 1500 --lr 2e-3 --seed 3 --train-size 20000 \
+		--out runs/cbam_broad.pt
+	$(PY) -m models.train cbam_classifier --init runs/cbam_broad.pt --steps 2000 --lr 1.5e-3 --seed 4 --train-size 20000 \
+		--resolutions 80 120
 	$(PY) -m models.train eca_classifier --init runs/cbam_warmup.pt --steps 1200 --lr 2e-3 --out runs/eca_base.pt
-	$(PY) -m models.train eca_classifier --init runs/eca_base.pt --steps 1200 --lr 2e-3 --seed 3 --train-size 20000
+	$(PY) -m models.train eca_classifier --init runs/eca_base.pt --steps 1200 --lr 2e-3 --seed 3 --train-size 20000 \
+		--out runs/eca_broad.pt
+	$(PY) -m models.train eca_classifier --init runs/eca_broad.pt --steps 2000 --lr 1.5e-3 --seed 4 --train-size 20000 \
+		--resolutions 80 120
 	$(PY) -m models.train vit_classifier --init runs/cbam_stage4.pt --steps 2500 --lr 1e-3 --weight-decay 0.05 \
 		--train-size 30000 --out runs/vit_base.pt
 	$(PY) -m models.train vit_classifier --init runs/vit_base.pt --steps 2500 --lr 7e-4 --weight-decay 0.05 \
-		--seed 1 --train-size 30000
+		--seed 1 --train-size 30000 --out runs/vit_broad.pt
+	$(PY) -m models.train vit_classifier --init runs/vit_broad.pt --steps 2500 --lr 5e-4 --weight-decay 0.05 \
+		--seed 4 --train-size 30000 --resolutions 80 120
 
 # Re-measure the demo models on 1000 held-out and 1000 shifted scenes and rewrite docs/models.md.
 evaluate: install

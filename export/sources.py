@@ -29,6 +29,7 @@ class SourceModel:
     labels: list[str] | None
     declared: list[OutputSpec] | None  # our models declare their outputs; a user's model does not
     in_model_normalization: tuple[list[float], list[float]] | None  # (mean, std) the model applies itself
+    raw_head: dict | None = None  # our raw-head detectors: export.decode.DecodeSpec's fields
     description: dict = field(default_factory=dict)  # for the manifest's "source"
 
 
@@ -53,7 +54,7 @@ def from_arch(name: str, checkpoint: Path | None) -> SourceModel:
     module = zoo.build_model(config, tuple(labels))
     if payload is not None:
         load_weights(module, payload, path)
-    task = DETECTION if config["arch"] == "detector" else CLASSIFICATION
+    task = DETECTION if zoo.is_detector(config) else CLASSIFICATION
     normalizer = getattr(module, "backbone", module)  # the CNNs' backbone, or the model (ViT)
     return SourceModel(
         module=module.eval(),
@@ -62,6 +63,7 @@ def from_arch(name: str, checkpoint: Path | None) -> SourceModel:
         labels=labels,
         declared=list(module.output_specs),
         in_model_normalization=([normalizer.INPUT_MEAN] * 3, [normalizer.INPUT_STD] * 3),
+        raw_head=getattr(module, "RAW_HEAD", None),
         description={
             "arch": name,
             "config": config,

@@ -91,6 +91,23 @@ def _blotches(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.nd
     return (t - t.min()) / max(1.0, float(np.ptp(t)))
 
 
+def _waves(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Two plane waves at random angles and frequencies, interfering."""
+    a, f = rng.uniform(0, math.pi, 2), rng.uniform(2, 10, 2)
+    t = sum(
+        np.sin(2 * math.pi * fi * (xx * math.cos(ai) + yy * math.sin(ai)))
+        for ai, fi in zip(a, f, strict=True)
+    )
+    return 0.5 + 0.25 * t
+
+
+def _plaid(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Bands of two widths crossing at right angles, tilted."""
+    a, (f1, f2) = rng.uniform(0, math.pi / 2), rng.uniform(2, 9, 2)
+    u, v = xx * math.cos(a) + yy * math.sin(a), yy * math.cos(a) - xx * math.sin(a)
+    return np.maximum((u * f1) % 1 < 0.35, (v * f2) % 1 < 0.35).astype(np.float32)
+
+
 def _rings(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
     """Concentric rings about a random centre (shifted style only)."""
     cx, cy, f = *rng.uniform(0, 1, 2), rng.uniform(4, 12)
@@ -339,7 +356,7 @@ def _scene_style(rng: np.random.Generator, style: Style) -> Style:
 
 
 TRAINING = Style(
-    textures=(_flat, _linear_gradient, _stripes, _checkerboard, _value_noise, _blotches),
+    textures=(_flat, _linear_gradient, _stripes, _checkerboard, _value_noise, _blotches, _waves, _plaid),
     classification_diameter=(0.08, 0.45),
     detection_diameter=(0.08, 0.45),
     detection_count=(1, 6),

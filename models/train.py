@@ -15,8 +15,17 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.evaluate import evaluate, to_tensor
+from models.fcos import flatten_levels
+from models.metrics import boxes_mask
 from models.scenes import CLASS_NAMES, Scene, generate
-from models.zoo import DEMO_MODELS, build_model, demo_checkpoint, read_checkpoint, save_checkpoint
+from models.zoo import (
+    DEMO_MODELS,
+    build_model,
+    demo_checkpoint,
+    is_detector,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 TRAIN_SEED = 1  # validation and evaluation use other seeds (see models/evaluate.py)
 VAL_SEED = 2
@@ -85,6 +94,108 @@ def detection_loss(raw: dict[str, torch.Tensor], t: dict[str, torch.Tensor]) -> 
     return focal_loss(raw["heatmap"], t["heat"]) + 0.1 * size_loss + offset_loss
 
 
+# FCOS's assignment, scaled to 128-pixel scenes: a location is positive for the smallest box that holds
+# it within 1.5 strides of the box centre, on the level whose range holds its largest side distance
+FCOS_CENTER_RADIUS = 1.5
+FCOS_LEVEL_RANGES = (3, 6)  # in strides of the finest level: (0, 3s], (3s, 6s], (6s, ∞) for 3 levels
+
+
+def fcos_targets(
+    boxes: list[np.ndarray],
+    labels: list[np.ndarray],
+    num_classes: int,
+    grids: list[tuple[int, int]],
+    strides: list[int],
+) -> dict[str, torch.Tensor]:
+    """Per location (levels in order, each row-major): one-hot class, ltrb distances in its level's
+    strides, centerness target, and whether it is positive."""
+    centres, level_stride, low, high = [], [], [], []
+    bounds = [0.0, *(r * strides[0] for r in FCOS_LEVEL_RANGES), np.inf]
+    for level, ((h, w), stride) in enumerate(zip(grids, strides, strict=True)):
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        centres.append(np.stack([(xs.ravel() + 0.5) * stride, (ys.ravel() + 0.5) * stride], 1))
+        level_stride.append(np.full(h * w, stride, np.float32))
+        low.append(np.full(h * w, bounds[level], np.float32))
+        high.append(np.full(h * w, bounds[level + 1], np.float32))
+    p, s = np.concatenate(centres), np.concatenate(level_stride)
+    low, high = np.concatenate(low), np.concatenate(high)
+    n, a = len(boxes), len(p)
+    cls = np.zeros((n, a, num_classes), np.float32)
+    reg = np.ones((n, a, 4), np.float32)
+    ctr = np.zeros((n, a), np.float32)
+    pos = np.zeros((n, a), bool)
+    for i, (bs, ls) in enumerate(zip(boxes, labels, strict=True)):
+        if not len(bs):
+            continue
+        x1, y1, x2, y2 = (bs[:, k][None] for k in range(4))
+        px, py = p[:, :1], p[:, 1:]
+        ltrb = np.stack([px - x1, py - y1, x2 - px, y2 - py], -1)  # A×M×4
+        radius = FCOS_CENTER_RADIUS * s[:, None]
+        near = (np.abs(px - (x1 + x2) / 2) < radius) & (np.abs(py - (y1 + y2) / 2) < radius)
+        reach = ltrb.max(-1)
+        fits = (ltrb.min(-1) > 0) & near & (reach > low[:, None]) & (reach <= high[:, None])
+        area = np.where(fits, (x2 - x1) * (y2 - y1), np.inf)
+        best = area.argmin(1)
+        hit = np.isfinite(area[np.arange(a), best])
+        chosen = ltrb[np.arange(a), best][hit]
+        pos[i], cls[i, np.flatnonzero(hit), ls[best[hit]]] = hit, 1.0
+        reg[i, hit] = chosen / s[hit, None]
+        lr, tb = chosen[:, [0, 2]], chosen[:, [1, 3]]
+        ctr[i, hit] = np.sqrt(lr.min(1) / lr.max(1) * tb.min(1) / tb.max(1))
+    return {k: torch.from_numpy(v) for k, v in {"cls": cls, "reg": reg, "ctr": ctr, "pos": pos}.items()}
+
+
+def fcos_loss(out: dict, t: dict[str, torch.Tensor]) -> torch.Tensor:
+    """FCOS: sigmoid focal loss on the classes, GIoU on the positives' boxes weighted by their
+    centerness target, and centerness BCE, each normalised by the number of positives."""
+    cls, reg, ctr = (flatten_levels(out[k]) for k in ("cls", "reg", "ctr"))
+    count = t["pos"].sum().clamp(min=1)
+    cls_loss = sigmoid_focal_loss(cls, t["cls"]).sum() / count
+    pos = t["pos"]
+    if not pos.any():
+        return cls_loss + 0 * reg.sum() + 0 * ctr.sum()
+    pred, target, weight = reg[pos], t["reg"][pos], t["ctr"][pos]
+    area_p = (pred[:, 0] + pred[:, 2]) * (pred[:, 1] + pred[:, 3])
+    area_t = (target[:, 0] + target[:, 2]) * (target[:, 1] + target[:, 3])
+    lo, hi = torch.minimum(pred, target), torch.maximum(pred, target)
+    inter = (lo[:, 0] + lo[:, 2]) * (lo[:, 1] + lo[:, 3])
+    enclosing = (hi[:, 0] + hi[:, 2]) * (hi[:, 1] + hi[:, 3])
+    union = area_p + area_t - inter
+    giou = inter / union - (enclosing - union) / enclosing
+    box_loss = ((1 - giou) * weight).sum() / weight.sum().clamp(min=1e-6)
+    ctr_loss = F.binary_cross_entropy_with_logits(ctr[pos][:, 0], weight, reduction="sum") / count
+    return cls_loss + box_loss + ctr_loss
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25) -> torch.Tensor:
+    """Sigmoid focal loss (Lin et al., arXiv:1708.02002), γ = 2, per element."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = p * target + (1 - p) * (1 - target)
+    return (alpha * target + (1 - alpha) * (1 - target)) * ce * (1 - p_t) ** 2
+
+
+# Weight of the attention guidance against the detection loss: with it the spatial maps learn to cover
+# the objects (a useful explanation) and detection mAP holds; unguided, they settled on flat fields
+# with peaks at the image corners (zero padding in the dilated convolutions)
+ATTENTION_GUIDANCE_WEIGHT = 0.5
+
+
+def attention_guidance_loss(
+    maps: dict[str, torch.Tensor], boxes: list[np.ndarray], size: int, strides: list[int]
+) -> torch.Tensor:
+    """Mask-guided spatial attention (Pang et al., "Mask-Guided Attention Network for Occluded
+    Pedestrian Detection", arXiv:1910.06160): binary cross-entropy between each pyramid level's
+    spatial attention and the share of each of its cells the objects' boxes cover."""
+    full = torch.from_numpy(np.stack([boxes_mask(b, size) for b in boxes]).astype(np.float32))[:, None]
+    losses = []
+    for stride in strides:
+        gate = maps[f"level{stride}_spatial"]
+        target = F.avg_pool2d(full, stride) if stride > 1 else full
+        losses.append(F.binary_cross_entropy(gate.clamp(1e-6, 1 - 1e-6), target))
+    return torch.stack(losses).mean()
+
+
 def load_matching_weights(model: torch.nn.Module, path: Path) -> int:
     """Copy every tensor of checkpoint ``path`` whose name and shape match; returns how many matched.
 
@@ -108,11 +219,16 @@ def train(
     val_count: int = 300,
     init: Path | None = None,
     weight_decay: float = 1e-4,
+    resolutions: tuple[int, int] | None = None,
 ) -> dict:
-    """Train, validating five times on ``val_count`` scenes; returns the per-step losses and last metrics."""
+    """Train, validating five times on ``val_count`` scenes; returns the per-step losses and last metrics.
+
+    ``resolutions`` (classifiers): each batch is resized to a side drawn from this inclusive range, in
+    steps of 8 (multi-scale training, as in YOLOv2), so the filters meet each relative object size at
+    several sizes in pixels; validation stays at the config's input size."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    detector = config["arch"] == "detector"
+    detector = is_detector(config)
     kind = "detection" if detector else "classification"
     size = config["input_size"]
     model = build_model(config, CLASS_NAMES)
@@ -134,16 +250,26 @@ def train(
         batch_scenes = [scenes[i] for i in idx]
         x_np, boxes = flip_batch(images[idx], batch_scenes, rng.random(batch) < 0.5)
         x = to_tensor(x_np)
-        if detector:
-            raw, _ = model.forward_heads(x)
-            targets = centernet_targets(
-                boxes,
-                [s.labels for s in batch_scenes],
-                len(CLASS_NAMES),
-                raw["heatmap"].shape[2],
-                model.out_stride,
+        if resolutions is not None:
+            side = 8 * int(rng.integers(resolutions[0] // 8, resolutions[1] // 8 + 1))
+            if side != x.shape[-1]:
+                x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        labels = [s.labels for s in batch_scenes]
+        if config["arch"] == "fcos":
+            heads = model(x)
+            grids = [tuple(c.shape[2:]) for c in heads["cls"]]
+            loss = fcos_loss(heads, fcos_targets(boxes, labels, len(CLASS_NAMES), grids, model.strides))
+            loss = loss + ATTENTION_GUIDANCE_WEIGHT * attention_guidance_loss(
+                heads, boxes, size, model.strides
             )
-            loss = detection_loss(raw, targets)
+        elif detector:
+            raw, maps = model.forward_heads(x)
+            targets = centernet_targets(
+                boxes, labels, len(CLASS_NAMES), raw["heatmap"].shape[2], model.out_stride
+            )
+            loss = detection_loss(raw, targets) + ATTENTION_GUIDANCE_WEIGHT * attention_guidance_loss(
+                maps, boxes, size, model.strides
+            )
         else:
             y = torch.from_numpy(np.array([s.labels[0] for s in batch_scenes]))  # one class per scene
             loss = F.cross_entropy(model(x)["logits"], y, label_smoothing=0.05)
@@ -174,12 +300,19 @@ def main() -> None:
     p.add_argument(
         "--init", type=Path, default=None, help="start from the matching weights of this checkpoint"
     )
+    p.add_argument(
+        "--resolutions",
+        type=int,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="classifiers: resize each batch to a side in LO..HI (multiples of 8)",
+    )
     p.add_argument("--out", type=Path, default=None, help="checkpoint path (default models/weights/NAME.pt)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     config = DEMO_MODELS[a.model]
-    detector = config["arch"] == "detector"
+    detector = is_detector(config)
     steps = a.steps or (1500 if detector else 1000)
     batch = a.batch or (32 if detector else 64)
     train_size = a.train_size or (10000 if detector else 16000)
@@ -187,9 +320,21 @@ def main() -> None:
         p.error("--lr must be positive")
     if a.init is not None and not a.init.is_file():
         p.error(f"--init: no checkpoint at {a.init}")
+    if a.resolutions is not None and (detector or not 8 <= a.resolutions[0] <= a.resolutions[1]):
+        p.error("--resolutions: classifiers only, 8 <= LO <= HI")
     out = a.out or demo_checkpoint(a.model)
     train(
-        a.model, config, steps, batch, train_size, a.lr, a.seed, out, init=a.init, weight_decay=a.weight_decay
+        a.model,
+        config,
+        steps,
+        batch,
+        train_size,
+        a.lr,
+        a.seed,
+        out,
+        init=a.init,
+        weight_decay=a.weight_decay,
+        resolutions=tuple(a.resolutions) if a.resolutions else None,
     )
 
 

@@ -7,11 +7,13 @@ from torch import nn
 
 from models.classifier import AttentionClassifier
 from models.detector import HybridAttentionDetector
+from models.fcos import DenseAttentionDetector
 from models.vit import VisionTransformer
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "classifier": AttentionClassifier,
     "detector": HybridAttentionDetector,
+    "fcos": DenseAttentionDetector,
     "vit": VisionTransformer,
 }
 
@@ -22,6 +24,8 @@ DEMO_MODELS: dict[str, dict] = {
     "cbam_classifier": {"arch": "classifier", "attn": "cbam", "input_size": 96},
     "eca_classifier": {"arch": "classifier", "attn": "eca", "input_size": 96},
     "harnet_detector": {"arch": "detector", "input_size": 128},
+    # FCOS-style raw dense heads with CBAM in the FPN; decoding and NMS are added to its graph at export
+    "fcos_detector": {"arch": "fcos", "input_size": 128},
     # a hybrid ViT: a ResNet stem to stride 8 (a 12×12 token grid), then 4 blocks of 4 heads
     "vit_classifier": {
         "arch": "vit",
@@ -50,6 +54,10 @@ ARCH_PRESETS: dict[str, dict] = {
         "stem_pool": True,
     },
 }
+
+
+def is_detector(config: dict) -> bool:
+    return config["arch"] in ("detector", "fcos")
 
 
 def build_model(config: dict, class_names: tuple[str, ...]) -> nn.Module:

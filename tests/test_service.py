@@ -61,7 +61,13 @@ def test_health_and_reflection(server):
 
 def test_list_models_and_model_info(client):
     models = {m.name: m for m in client.list_models().models}
-    assert set(models) == {"cbam_classifier", "eca_classifier", "harnet_detector", "vit_classifier"}
+    assert set(models) == {
+        "cbam_classifier",
+        "eca_classifier",
+        "fcos_detector",
+        "harnet_detector",
+        "vit_classifier",
+    }
     assert models["harnet_detector"].task == "detection" and list(models["harnet_detector"].versions) == [1]
     info = client.model_info("cbam_classifier")
     assert list(info.labels) == list(CLASS_NAMES) and (info.input_height, info.input_width) == (96, 96)

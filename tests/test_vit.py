@@ -143,8 +143,8 @@ def test_served_vit_returns_its_rollout_in_every_encoding(vit_repository, tmp_pa
 
 def test_served_demo_vit_rollout_points_at_the_object(server):
     """The shipped ViT's rollout, served in original-image geometry for photos at twice the model's size,
-    peaks on the object: docs/models.md measures 0.981 on 1000 held-out scenes in PyTorch, against a
-    centre-point baseline of 0.435; at 60 scenes even a pointing game of 0.9 has a standard error near
+    peaks on the object: docs/models.md measures 0.976 on 1000 held-out scenes in PyTorch, against a
+    centre-point baseline of 0.443; at 60 scenes even a pointing game of 0.9 has a standard error near
     0.04, so 0.75 sits well below what the model does and well above the baseline."""
     hits, centre = [], []
     with VisionClient(server.target) as client:
