@@ -139,6 +139,34 @@ def test_gates_in_a_permuted_frame_are_left_out_with_the_reason(tmp_path):
     assert len(stored) == 4 and all(s.startswith("gate: ") and "permuted view" in s for s in stored)
 
 
+def test_a_non_local_block_is_found_as_self_attention_over_positions(tmp_path):
+    """Its softmax over position pairs is a self-attention of H·W tokens without leading tokens: the map
+    is the attention each position receives, the mean over queries, on the feature's grid."""
+    manifest = export_user_model(tmp_path, "non_local")
+    maps = {a.name: a for a in manifest.attention}
+    assert maps["layer1.attention.self_attention"].grid == [16, 16]
+    assert maps["layer2.attention.self_attention"].grid == [8, 8]
+    model, images = user_models.build("non_local"), scenes(3, 32)
+    caught = {}
+
+    def catch(layer):
+        return lambda _module, args, _out: caught.__setitem__(layer, args[0])
+
+    layers = ("layer1", "layer2")
+    hooks = [getattr(model, layer).attention.register_forward_hook(catch(layer)) for layer in layers]
+    with torch.no_grad():
+        model(images)
+        got = run(tmp_path, "non_local", images)
+        for layer, block in ((name, getattr(model, name).attention) for name in layers):
+            x = caught[layer]
+            theta, phi = block.theta(x).flatten(2).transpose(1, 2), block.phi(x).flatten(2)
+            received = torch.softmax(theta @ phi, dim=-1).mean(dim=1)  # N×(H·W)
+            expected = received.reshape(len(x), 1, *x.shape[2:]).numpy()
+            np.testing.assert_allclose(got[f"{layer}.attention.self_attention"], expected, atol=1e-5)
+    for h in hooks:
+        h.remove()
+
+
 @pytest.mark.parametrize("style", ["se", "eca", "bam"])
 def test_torchscript_exporter_finds_the_same_gates(tmp_path, style):
     """The two exporters name scopes differently; the maps must come out the same."""

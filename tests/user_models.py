@@ -322,6 +322,24 @@ class ContextBlock(nn.Module):
         return x + self.channel_add_conv(context)
 
 
+# --- a non-local block (Wang et al. 2018), embedded-Gaussian form: a softmax over position pairs ------------
+class NonLocalBlock(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        inter = channels // 2
+        self.theta, self.phi, self.g = (nn.Conv2d(channels, inter, 1) for _ in range(3))
+        self.W = nn.Conv2d(inter, channels, 1)
+
+    def forward(self, x):
+        b, c, h, w = x.size()
+        theta_x = self.theta(x).view(b, c // 2, -1).permute(0, 2, 1)
+        phi_x = self.phi(x).view(b, c // 2, -1)
+        f_div_c = F.softmax(torch.matmul(theta_x, phi_x), dim=-1)
+        g_x = self.g(x).view(b, c // 2, -1).permute(0, 2, 1)
+        y = torch.matmul(f_div_c, g_x).permute(0, 2, 1).contiguous().view(b, c // 2, h, w)
+        return x + self.W(y)
+
+
 # --- triplet attention (Misra et al. 2021), reference code: two of its three gates in permuted frames ---
 class ZPoolGate(nn.Module):
     def __init__(self):
@@ -396,6 +414,7 @@ ATTENTIONS = {
     "two_scale": TwoScaleSpatial,
     "global_context": ContextBlock,
     "triplet": TripletAttention,
+    "non_local": NonLocalBlock,
 }
 
 
