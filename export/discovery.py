@@ -45,6 +45,7 @@ class Gate:
     kind: str = ""
     record: int = -1  # index of the matching PyTorch GateRecord
     pooling: bool = False  # a softmax over positions that pools the feature, not a product with it
+    permuted: list[int] = field(default_factory=list)  # the Transpose perm the feature is a view by
 
 
 @dataclass
@@ -83,10 +84,9 @@ def discover(
         where = f"{gate.tensor} in {gate.scope or 'the top-level module'}"
         if gate.pooling and sum(d != 1 for d in gate.shape[1:]) != 1:
             continue  # not one distribution over positions: self-attention, found elsewhere
-        perm = _permuted_from(gate.feature, proto.graph)
-        if perm:  # triplet attention's branches: the gate's plane is (C, W) or (H, C), not the image's
+        if gate.permuted:  # triplet attention's branches: the gate's plane is (C, W) or (H, C)
             skipped.append(
-                f"{where}: gates a permuted view of its feature (Transpose {perm}); not served yet"
+                f"{where}: gates a permuted view of its feature (Transpose {gate.permuted}); not served yet"
             )
             continue
         if not gate.kind:
@@ -118,19 +118,20 @@ def find_gates(proto: onnx.ModelProto) -> list[Gate]:
     for node in graph.node:
         for name in node.input:
             consumers[name].append(node)
+    producer = {o: n for n in graph.node for o in n.output}
     constants = {i.name for i in graph.initializer} | {
         o for n in graph.node if n.op_type == "Constant" for o in n.output
     }
     # (gate tensor, what it is computed from, the node that names its scope)
     activations = [(n.output[0], n.input[0], n) for n in graph.node if n.op_type in GATE_OPS]
-    activations += _arithmetic_hard_sigmoids(graph, consumers)
+    activations += _arithmetic_hard_sigmoids(graph, consumers, producer)
     gated = _gate_values([a[0] for a in activations], consumers, constants)
     gates = []
     for tensor, argument, node in activations:
         scope = node_scope(node)
         product = _gating_product(tensor, consumers, constants, gated)
         if product is None:
-            pooled = _pooled_feature(tensor, consumers, graph) if node.op_type == "Softmax" else None
+            pooled = _pooled_feature(tensor, consumers, producer) if node.op_type == "Softmax" else None
             if pooled is not None:
                 gates.append(Gate(tensor, pooled, scope, scope, pooling=True))
             continue
@@ -140,13 +141,14 @@ def find_gates(proto: onnx.ModelProto) -> list[Gate]:
         if feature in _descendants(tensor, consumers):  # heat * (maxpool(heat) == heat): a mask
             continue
         # named after the module that applies the gate: the SE block, not the nn.Sigmoid inside it
-        gates.append(Gate(tensor, feature, scope, node_scope(mul)))
+        gates.append(
+            Gate(tensor, feature, scope, node_scope(mul), permuted=_permuted_from(feature, producer))
+        )
     return gates
 
 
-def _pooled_feature(tensor: str, consumers, graph: onnx.GraphProto) -> str | None:
+def _pooled_feature(tensor: str, consumers, producer) -> str | None:
     """The 4-d feature a softmax's weights pool by a MatMul (through reshapes), else None."""
-    producer = {o: n for n in graph.node for o in n.output}
     pending, seen = [tensor], set()
     while pending:
         name = pending.pop()
@@ -164,9 +166,8 @@ def _pooled_feature(tensor: str, consumers, graph: onnx.GraphProto) -> str | Non
     return None
 
 
-def _permuted_from(tensor: str, graph: onnx.GraphProto) -> list[int]:
+def _permuted_from(tensor: str, producer) -> list[int]:
     """The Transpose that made ``tensor`` (through copies) a permuted view of a 4-d feature, else []."""
-    producer = {o: n for n in graph.node for o in n.output}
     node = producer.get(tensor)
     while node is not None and node.op_type == "Identity":
         node = producer.get(node.input[0])
@@ -176,11 +177,12 @@ def _permuted_from(tensor: str, graph: onnx.GraphProto) -> list[int]:
     return perm if len(perm) == 4 and perm[0] == 0 and perm != [0, 1, 2, 3] else []
 
 
-def _arithmetic_hard_sigmoids(graph: onnx.GraphProto, consumers) -> list[tuple[str, str, onnx.NodeProto]]:
+def _arithmetic_hard_sigmoids(
+    graph: onnx.GraphProto, consumers, producer
+) -> list[tuple[str, str, onnx.NodeProto]]:
     """``relu6(x + 3) / 6`` and ``clamp(x + 3, 0, 6) / 6`` (MobileNetV3's h_sigmoid, written out): a Clip
     to [0, 6] of x + 3, divided by 6 or times 1/6. Returns (the scaled output, x, the Clip node)."""
     values = _constant_values(graph)
-    producer = {o: n for n in graph.node for o in n.output}
 
     def scalar(name: str) -> float | None:
         v = values.get(name)

@@ -50,12 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if (args.image_mean is None) != (args.image_std is None) or (args.image_std and min(args.image_std) <= 0):
-        print(
-            "attnserve import: error: pass --image-mean and --image-std together, std positive",
-            file=sys.stderr,
-        )
-        return 2
     request = ImportRequest(
         onnx=args.onnx,
         repository=args.repository,

@@ -79,6 +79,8 @@ class ImportRequest:
 
 def import_model(req: ImportRequest, log=print) -> tuple[Path, Manifest]:
     started = time.perf_counter()
+    if (req.image_mean is None) != (req.image_std is None) or (req.image_std and min(req.image_std) <= 0):
+        raise ExportError("pass --image-mean and --image-std together (three values each), std positive.")
     data = _read(req.onnx)
     original = _without_reserved_names(onnx.load_from_string(data))
     labels = _read_labels(req)

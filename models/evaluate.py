@@ -93,7 +93,7 @@ def predict(model: nn.Module, images: torch.Tensor) -> dict[str, np.ndarray]:
     raw_head = getattr(model, "RAW_HEAD", None)
     if raw_head is None:
         return {k: v.numpy() for k, v in out.items()}
-    from export import nms
+    from export import nms  # here: only raw-head detectors need the exporter's code
     from export.decode import DecodeSpec, HeadDecoder
 
     spec = DecodeSpec(**raw_head)
