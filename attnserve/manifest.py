@@ -24,7 +24,8 @@ PREDICTION_OUTPUTS = {
 }
 
 # Kinds of attention output. spatial: N×1×H×W; channel: N×C; cam: N×classes×H×W; full: N×C×H×W;
-# axis_h: N×C×H×1 and axis_w: N×C×1×W (coordinate attention's two directional gates);
+# axis_h: N×C×H×1 and axis_w: N×C×1×W (coordinate attention's two directional gates, triplet attention's
+# height×channel and channel×width planes);
 # self_attention: N×1×H×W, one transformer block's class-token attention over the patch grid, averaged
 # over heads; self_attention_heads: N×heads×H×W, the same per head;
 # rollout: N×1×H×W, attention rollout over every block (Abnar & Zuidema 2020).

@@ -5,7 +5,10 @@ divided by 6) whose result, possibly through reshapes, transposes,
 expands, an added constant (``1 + sigmoid(...)``) or a constant scale, multiplies a feature tensor. Its
 shape against that feature says what it is: N×1×H×W spatial, N×C(×1×1) channel, N×C×H×W full (its
 channel mean is also emitted as a spatial map), N×C×H×1 / N×C×1×W coordinate-attention axes (a pair in
-one module also gives the channel mean of their product as a spatial map). ``x * sigmoid(x)`` (SiLU,
+one module also gives the channel mean of their product as a spatial map). A gate that multiplies a
+permuted view of its feature (triplet attention's ``x.permute(0, 2, 1, 3)`` → gate → permute back) is
+turned back into the feature's own frame first: a gate over the permuted view's (C, W) plane is an
+N×C×1×W axis map of the feature, one over (H, C) an N×C×H×1 one. ``x * sigmoid(x)`` (SiLU,
 Swish) is an activation and ``heat * (maxpool(heat) == heat)`` a peak mask: neither is a gate. A
 softmax over a feature's positions that pools it (``feature @ softmax``: global-context blocks) is
 its spatial attention too. Each
@@ -46,6 +49,14 @@ class Gate:
     record: int = -1  # index of the matching PyTorch GateRecord
     pooling: bool = False  # a softmax over positions that pools the feature, not a product with it
     permuted: list[int] = field(default_factory=list)  # the Transpose perm the feature is a view by
+    applied: str = ""  # with ``permuted``: the gate as it multiplies the permuted view (4-d, broadcast)
+    applied_shape: tuple[int, ...] = ()
+
+    def in_feature_frame(self, value: np.ndarray) -> np.ndarray:
+        """A value of the gate tensor (any batch) in its feature's frame: as applied, un-permuted."""
+        if not self.permuted:
+            return value
+        return value.reshape(-1, *self.applied_shape[1:]).transpose(_inverse(self.permuted))
 
 
 @dataclass
@@ -59,7 +70,10 @@ class PromotedMap:
 
     def expected(self, records: list[GateRecord]) -> np.ndarray:
         """The same map computed from PyTorch's recorded gate values."""
-        values = [records[g.record].value.float().numpy() for g in self.gates]
+        values = [
+            g.in_feature_frame(records[g.record].value.float().numpy().reshape(-1, *g.shape[1:]))
+            for g in self.gates
+        ]
         n = values[0].shape[0]
         if self.derived == "axis_product":
             h, w = (v.reshape(n, *_canonical_shape(g)) for v, g in zip(values, self.gates, strict=True))
@@ -76,21 +90,29 @@ def discover(
     gates = find_gates(proto)
     if not gates:
         return [], []
-    values = probe(proto, sample, [t for g in gates for t in (g.tensor, g.feature)])
+    values = probe(proto, sample, [t for g in gates for t in (g.tensor, g.feature, g.applied) if t])
     kept, skipped = [], []
     for gate in gates:
         gate.shape, gate.feature_shape = values[gate.tensor].shape, values[gate.feature].shape
-        gate.kind = classify(gate.shape, gate.feature_shape)
         where = f"{gate.tensor} in {gate.scope or 'the top-level module'}"
         if gate.pooling and sum(d != 1 for d in gate.shape[1:]) != 1:
             continue  # not one distribution over positions: self-attention, found elsewhere
-        if gate.permuted:  # triplet attention's branches: the gate's plane is (C, W) or (H, C)
-            skipped.append(
-                f"{where}: gates a permuted view of its feature (Transpose {gate.permuted}); not served yet"
-            )
-            continue
+        frame_shape = gate.shape
+        if gate.permuted:
+            gate.applied_shape = values[gate.applied].shape
+            if len(gate.applied_shape) != 4 or values[gate.applied].size != values[gate.tensor].size:
+                skipped.append(
+                    f"{where}: gates a view of its feature permuted by Transpose {gate.permuted} as "
+                    f"{gate.applied_shape}, which is no 4-d reshape of the gate {gate.shape} to permute back"
+                )
+                continue
+            frame_shape = tuple(gate.applied_shape[i] for i in _inverse(gate.permuted))
+        gate.kind = classify(frame_shape, gate.feature_shape)
         if not gate.kind:
-            skipped.append(f"{where}: gate {gate.shape} on feature {gate.feature_shape} has no known layout")
+            seen = f" (after undoing Transpose {gate.permuted})" if gate.permuted else ""
+            skipped.append(
+                f"{where}: gate {frame_shape}{seen} on feature {gate.feature_shape} has no known layout"
+            )
             continue
         if records is None:
             value = values[gate.tensor]
@@ -141,9 +163,11 @@ def find_gates(proto: onnx.ModelProto) -> list[Gate]:
         if feature in _descendants(tensor, consumers):  # heat * (maxpool(heat) == heat): a mask
             continue
         # named after the module that applies the gate: the SE block, not the nn.Sigmoid inside it
-        gates.append(
-            Gate(tensor, feature, scope, node_scope(mul), permuted=_permuted_from(feature, producer))
-        )
+        permuted, applied = _permuted_from(feature, mul.output[0], producer, consumers), ""
+        if permuted:  # the gate is classified, verified and served in the un-permuted feature's frame
+            applied = next(i for i in mul.input if i != feature)
+            feature = _through_copies(feature, producer).input[0]
+        gates.append(Gate(tensor, feature, scope, node_scope(mul), permuted=permuted, applied=applied))
     return gates
 
 
@@ -166,15 +190,34 @@ def _pooled_feature(tensor: str, consumers, producer) -> str | None:
     return None
 
 
-def _permuted_from(tensor: str, producer) -> list[int]:
-    """The Transpose that made ``tensor`` (through copies) a permuted view of a 4-d feature, else []."""
+def _through_copies(tensor: str, producer) -> onnx.NodeProto | None:
+    """The node that computes ``tensor``, looking through Identity copies."""
     node = producer.get(tensor)
     while node is not None and node.op_type == "Identity":
         node = producer.get(node.input[0])
+    return node
+
+
+def _permuted_from(feature: str, product: str, producer, consumers) -> list[int]:
+    """The perm of the Transpose that made ``feature`` a permuted view of a 4-d tensor, where the gated
+    ``product`` is permuted back (permute → gate → multiply → permute back), else []. A feature that is
+    only a Transpose's output (NHWC back to NCHW) is a feature in its own right."""
+    node = _through_copies(feature, producer)
     if node is None or node.op_type != "Transpose":
         return []
-    perm = list(next((a.ints for a in node.attribute if a.name == "perm"), []))
-    return perm if len(perm) == 4 and perm[0] == 0 and perm != [0, 1, 2, 3] else []
+    perm = _perm(node)
+    if len(perm) != 4 or perm[0] != 0 or perm == [0, 1, 2, 3]:
+        return []
+    back = [n for n in consumers.get(product, []) if n.op_type == "Transpose" and _perm(n) == _inverse(perm)]
+    return perm if back else []
+
+
+def _perm(node: onnx.NodeProto) -> list[int]:
+    return list(next((a.ints for a in node.attribute if a.name == "perm"), []))
+
+
+def _inverse(perm: list[int]) -> list[int]:
+    return [int(i) for i in np.argsort(perm)]
 
 
 def _arithmetic_hard_sigmoids(
@@ -276,7 +319,20 @@ def promote(proto: onnx.ModelProto, maps: list[PromotedMap]) -> onnx.ModelProto:
                 np.array([-1, *_canonical_shape(gate)], np.int64), name + "_shape"
             )
             graph.initializer.append(shape)
-            graph.node.append(helper.make_node("Reshape", [gate.tensor, shape.name], [name]))
+            source = gate.tensor
+            if gate.permuted:  # as applied (4-d, in the permuted frame), then transposed back
+                applied = numpy_helper.from_array(
+                    np.array([-1, *gate.applied_shape[1:]], np.int64), name + "_applied_shape"
+                )
+                graph.initializer.append(applied)
+                graph.node.append(
+                    helper.make_node("Reshape", [gate.tensor, applied.name], [name + "_applied"])
+                )
+                source = f"attnserve/{gate.tensor}/unpermuted"
+                graph.node.append(
+                    helper.make_node("Transpose", [name + "_applied"], [source], perm=_inverse(gate.permuted))
+                )
+            graph.node.append(helper.make_node("Reshape", [source, shape.name], [name]))
             canonical[gate.tensor] = name
         return canonical[gate.tensor]
 

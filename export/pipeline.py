@@ -367,7 +367,8 @@ def attention_outputs(proto, sample, declared, discovered, size) -> list[Attenti
         )
     for m in discovered:
         grid = m.shape[2:] if m.kind != "channel" else None
-        stride = size[0] / grid[0] if grid else None
+        # an axis map's grid is 1 along the axis it pools: its stride is the other axis's
+        stride = min(side / cells for side, cells in zip(size, grid, strict=True)) if grid else None
         outputs.append(AttentionOutput(m.name, m.kind, m.source, "discovered", m.shape, stride, grid))
     return outputs
 

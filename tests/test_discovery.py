@@ -15,10 +15,12 @@ from export.pipeline import ExportRequest, export_model
 from models.evaluate import to_tensor
 from models.scenes import generate
 from models.zoo import demo_checkpoint, load_checkpoint
+from service.client import VisionClient, map_array
+from service.process import start_server
 
 STYLES = ["se", "cbam", "eca", "bam", "coord", "coord_joint", "hard_se", "softmax_spatial", "inplace_se",
           "inplace_spatial", "hard_relu6", "hard_clamp", "hard_function", "one_plus", "residual_gate",
-          "addcmul", "simam", "two_scale", "global_context"]  # fmt: skip
+          "addcmul", "simam", "two_scale", "global_context", "triplet"]  # fmt: skip
 
 
 def reference_maps(style: str, model, images: torch.Tensor) -> dict[str, np.ndarray]:
@@ -75,6 +77,10 @@ def reference_maps(style: str, model, images: torch.Tensor) -> dict[str, np.ndar
         elif style == "global_context":  # the softmax over positions that pools the feature
             scores = caught[f"{a}.conv_mask"][0]
             maps[f"{a}.spatial"] = torch.softmax(scores.flatten(1), dim=1).view_as(scores)
+        elif style == "triplet":  # each branch's σ(conv(Z-pool)), its permuted frame undone
+            maps[f"{a}.hw.spatial"] = torch.sigmoid(caught[f"{a}.hw.conv"][0])
+            maps[f"{a}.cw.axis_w"] = torch.sigmoid(caught[f"{a}.cw.conv"][0]).permute(0, 2, 1, 3)
+            maps[f"{a}.hc.axis_h"] = torch.sigmoid(caught[f"{a}.hc.conv"][0]).permute(0, 3, 2, 1)
         elif style in ("coord", "coord_joint"):
             a_h, a_w = torch.sigmoid(caught[f"{a}.conv_h"][0]), torch.sigmoid(caught[f"{a}.conv_w"][0])
             maps[f"{a}.axis_h"], maps[f"{a}.axis_w"] = a_h, a_w
@@ -122,21 +128,74 @@ def test_gates_are_found_named_and_equal_to_the_papers_formula(tmp_path, style):
         np.testing.assert_allclose(got["logits"], model(images).numpy(), atol=1e-4, rtol=0)
 
 
-def test_gates_in_a_permuted_frame_are_left_out_with_the_reason(tmp_path):
-    """Triplet attention gates two permuted views of its feature (planes C×W and H×C, not the image's)
-    and the feature itself: the image-plane gate is served, the others are named in the manifest."""
+def test_triplet_maps_are_served_in_the_features_frame(tmp_path):
+    """Triplet attention's (C, W) and (H, C) gates, computed on permuted views, come out as the
+    feature's N×C×1×W and N×C×H×1 axis maps, each on its feature's stride."""
+    manifest = export_user_model(tmp_path, "triplet")
+    maps = {a.name: a for a in manifest.attention}
+    assert (maps["layer1.attention.cw.axis_w"].shape, maps["layer1.attention.cw.axis_w"].grid) == (
+        [1, 8, 1, 16],
+        [1, 16],
+    )
+    assert (maps["layer2.attention.hc.axis_h"].shape, maps["layer2.attention.hc.axis_h"].grid) == (
+        [1, 16, 8, 1],
+        [8, 1],
+    )
+    assert {a.stride for a in manifest.attention if a.name.startswith("layer2")} == {4.0}
+    assert manifest.source["attention_left_out"] == []
+
+
+def test_triplet_axis_maps_are_served_as_bands_across_the_image(tmp_path):
+    """Served, an axis map is every channel in float16 on the model grid, and its channel mean on the
+    original image: constant along the axis the branch pooled (a column band for channel×width)."""
+    export_user_model(tmp_path, "triplet")
+    images = [generate("classification", 33, 2, 40)[i].image for i in range(2)]
+    server = start_server(tmp_path, tmp_path / "server.log")
+    try:
+        with VisionClient(server.target) as client:
+            grid = client.classify(images, "triplet", select=["axis_w", "axis_h"])
+            original = client.classify(
+                images, "triplet", select=["axis_w", "axis_h"], geometry="original_image"
+            )
+    finally:
+        assert server.stop() == 0
+    session = ort.InferenceSession(
+        str(tmp_path / "triplet" / "1" / MODEL_FILE), providers=["CPUExecutionProvider"]
+    )
+    fitted = torch.nn.functional.interpolate(  # the server's resize of a 40-px image to the model's 32
+        to_tensor(np.stack(images)), size=(32, 32), mode="bilinear", antialias=True, align_corners=False
+    )
+    name = "layer1.attention.cw.axis_w"
+    want = session.run([name], {"images": fitted.numpy()})[0]
+    for i, (on_grid, on_image) in enumerate(zip(grid.results, original.results, strict=True)):
+        got = {m.name: map_array(m) for m in on_grid.maps}
+        assert sorted(got) == sorted(
+            f"layer{k}.attention.{b}" for k in (1, 2) for b in ("cw.axis_w", "hc.axis_h")
+        )
+        assert got[name].shape == (8, 1, 16)
+        # float16 and Pillow's resize against torch's differ by about 0.002 here; the map spans about 0.9
+        np.testing.assert_allclose(got[name], want[i], atol=0.02)
+        bands = {m.name: map_array(m)[0] for m in on_image.maps}
+        assert bands[name].shape == (40, 40)
+        assert np.ptp(bands[name], axis=0).max() < 1e-3 and np.ptp(bands[name], axis=1).max() > 1e-3
+        rows = bands["layer2.attention.hc.axis_h"]
+        assert np.ptp(rows, axis=1).max() < 1e-3 and np.ptp(rows, axis=0).max() > 1e-3
+
+
+def test_gates_with_no_image_layout_are_left_out_with_the_reason(tmp_path):
+    """A gate on the pooled embedding is no map over the image: the export goes on without it, the
+    block's SE maps are served, and the reason is logged and stored in the manifest."""
     lines = []
     request = ExportRequest(
-        tmp_path, name="triplet", factory="user_models:build", factory_kwargs='{"attention": "triplet"}',
-        task="classification", input_size=(32, 32),
+        tmp_path, name="gated", factory="user_models:build",
+        factory_kwargs='{"attention": "se", "gated_head": true}', task="classification", input_size=(32, 32),
     )  # fmt: skip
     manifest = export_model(request, log=lines.append)[1]
-    assert sorted(a.name for a in manifest.attention) == [f"layer{i}.attention.hw.spatial" for i in (1, 2)]
-    left_out = [line for line in lines if "permuted view" in line]
-    assert len(left_out) == 4 and any("Transpose [0, 2, 1, 3]" in line for line in left_out)
-    # the reasons stay with the model, for whoever serves it later
-    stored = manifest.source["attention_left_out"]
-    assert len(stored) == 4 and all(s.startswith("gate: ") and "permuted view" in s for s in stored)
+    assert sorted(a.name for a in manifest.attention) == [f"layer{i}.attention.channel" for i in (1, 2)]
+    left_out = [line for line in lines if "gate left out" in line]
+    assert len(left_out) == 1 and "on feature (2, 16) has no known layout" in left_out[0], left_out
+    # the reason stays with the model, for whoever serves it later
+    assert manifest.source["attention_left_out"] == ["gate: " + left_out[0].split("gate left out: ", 1)[1]]
 
 
 def test_a_non_local_block_is_found_as_self_attention_over_positions(tmp_path):

@@ -30,17 +30,22 @@ def labels(tmp_path_factory):
     return path
 
 
-def keras_like_onnx(path, pinned_batch_inside: bool = False) -> None:
+def keras_like_onnx(path, pinned_batch_inside: bool = False, se_channels_last: bool = False) -> None:
     """input_1: 1×32×32×3 BGR, (x - 127.5) / 127.5 of 0..255 values; a conv, an SE block and a spatial gate
-    (mean over channels → 7×7 conv → sigmoid), global pooling, a dense layer and a softmax."""
+    (mean over channels → 7×7 conv → sigmoid), global pooling, a dense layer and a softmax.
+
+    ``se_channels_last``: the SE block runs on an N×H×W×C view between Transposes, as tf2onnx leaves
+    Keras' channels-last layers (mean over H and W, two MatMuls, the gate reshaped to N×1×1×C)."""
     rng = np.random.default_rng(0)
 
     def weight(name, *shape):
         return numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name)
 
-    inits = [weight("conv_w", 8, 3, 3, 3), weight("conv_b", 8), weight("se1_w", 4, 8, 1, 1),
-             weight("se1_b", 4), weight("se2_w", 8, 4, 1, 1), weight("se2_b", 8), weight("sp_w", 1, 1, 7, 7),
-             weight("sp_b", 1), weight("dense_w", 8, 5), weight("dense_b", 5)]  # fmt: skip
+    se_shapes = ((8, 4), (4, 8)) if se_channels_last else ((4, 8, 1, 1), (8, 4, 1, 1))
+    inits = [weight("conv_w", 8, 3, 3, 3), weight("conv_b", 8), weight("se1_w", *se_shapes[0]),
+             weight("se1_b", 4), weight("se2_w", *se_shapes[1]), weight("se2_b", 8),
+             weight("sp_w", 1, 1, 7, 7), weight("sp_b", 1), weight("dense_w", 8, 5), weight("dense_b", 5),
+             numpy_helper.from_array(np.array([-1, 1, 1, 8], np.int64), "gate_shape")]  # fmt: skip
     flat_shape = "flat_shape" if pinned_batch_inside else None
     if flat_shape:  # a Keras Flatten exported with its batch of 1 baked into a Reshape
         inits.append(numpy_helper.from_array(np.array([1, 8], np.int64), flat_shape))
@@ -49,12 +54,7 @@ def keras_like_onnx(path, pinned_batch_inside: bool = False) -> None:
         helper.make_node("Conv", ["nchw", "conv_w", "conv_b"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1],
                          name="model/conv1/Conv2D"),
         helper.make_node("Relu", ["c1"], ["r1"], name="model/conv1/Relu"),
-        helper.make_node("GlobalAveragePool", ["r1"], ["se_pool"], name="model/se/GlobalAvgPool"),
-        helper.make_node("Conv", ["se_pool", "se1_w", "se1_b"], ["se_fc1"], name="model/se/fc1"),
-        helper.make_node("Relu", ["se_fc1"], ["se_relu"], name="model/se/Relu"),
-        helper.make_node("Conv", ["se_relu", "se2_w", "se2_b"], ["se_fc2"], name="model/se/fc2"),
-        helper.make_node("Sigmoid", ["se_fc2"], ["se_gate"], name="model/se/Sigmoid"),
-        helper.make_node("Mul", ["r1", "se_gate"], ["se_out"], name="model/se/Mul"),
+        *(se_nhwc_nodes() if se_channels_last else se_nchw_nodes()),
         helper.make_node("ReduceMean", ["se_out"], ["sp_mean"], axes=[1], keepdims=1,
                          name="model/spatial/Mean"),
         helper.make_node("Conv", ["sp_mean", "sp_w", "sp_b"], ["sp_conv"], pads=[3, 3, 3, 3],
@@ -76,6 +76,34 @@ def keras_like_onnx(path, pinned_batch_inside: bool = False) -> None:
         graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="tf2onnx-like"
     )
     onnx.save(model, path)
+
+
+def se_nchw_nodes() -> list[onnx.NodeProto]:
+    return [
+        helper.make_node("GlobalAveragePool", ["r1"], ["se_pool"], name="model/se/GlobalAvgPool"),
+        helper.make_node("Conv", ["se_pool", "se1_w", "se1_b"], ["se_fc1"], name="model/se/fc1"),
+        helper.make_node("Relu", ["se_fc1"], ["se_relu"], name="model/se/Relu"),
+        helper.make_node("Conv", ["se_relu", "se2_w", "se2_b"], ["se_fc2"], name="model/se/fc2"),
+        helper.make_node("Sigmoid", ["se_fc2"], ["se_gate"], name="model/se/Sigmoid"),
+        helper.make_node("Mul", ["r1", "se_gate"], ["se_out"], name="model/se/Mul"),
+    ]
+
+
+def se_nhwc_nodes() -> list[onnx.NodeProto]:
+    return [
+        helper.make_node("Transpose", ["r1"], ["r1_nhwc"], perm=[0, 2, 3, 1], name="model/se/to_nhwc"),
+        helper.make_node("ReduceMean", ["r1_nhwc"], ["se_pool"], axes=[1, 2], keepdims=0,
+                         name="model/se/GlobalAvgPool"),
+        helper.make_node("MatMul", ["se_pool", "se1_w"], ["se_mm1"], name="model/se/dense1/MatMul"),
+        helper.make_node("Add", ["se_mm1", "se1_b"], ["se_fc1"], name="model/se/dense1/BiasAdd"),
+        helper.make_node("Relu", ["se_fc1"], ["se_relu"], name="model/se/Relu"),
+        helper.make_node("MatMul", ["se_relu", "se2_w"], ["se_mm2"], name="model/se/dense2/MatMul"),
+        helper.make_node("Add", ["se_mm2", "se2_b"], ["se_fc2"], name="model/se/dense2/BiasAdd"),
+        helper.make_node("Sigmoid", ["se_fc2"], ["se_gate"], name="model/se/Sigmoid"),
+        helper.make_node("Reshape", ["se_gate", "gate_shape"], ["se_gate4"], name="model/se/Reshape"),
+        helper.make_node("Mul", ["r1_nhwc", "se_gate4"], ["se_nhwc"], name="model/se/Mul"),
+        helper.make_node("Transpose", ["se_nhwc"], ["se_out"], perm=[0, 3, 1, 2], name="model/se/to_nchw"),
+    ]  # fmt: skip
 
 
 def keras_preprocess(images: np.ndarray) -> np.ndarray:
@@ -131,6 +159,32 @@ def test_a_keras_like_graph_imports_with_its_gates_and_serves(tmp_path, labels):
     for result, expected in zip(reply.results, theirs, strict=True):
         assert result.labels[0].label == LABELS[int(expected.argmax())]
         assert map_array(result.maps[0]).shape == (1, 32, 32)
+
+
+def test_a_gate_applied_in_a_channels_last_view_is_served_in_the_features_frame(tmp_path, labels):
+    """tf2onnx's SE: the gate N×1×1×C multiplies an N×H×W×C view; it is the feature's channel map."""
+    keras_like_onnx(tmp_path / "keras.onnx", se_channels_last=True)
+    repo = tmp_path / "repo"
+    assert import_main([str(tmp_path / "keras.onnx"), "--task", "classification", "--labels", str(labels),
+                        "--name", "keras", "--repository", str(repo), "--input-range", "bytes",
+                        "--channels", "bgr", "--scores", "probabilities"]) == 0  # fmt: skip
+    manifest = Manifest.read(repo / "keras" / "1" / "manifest.json")
+    maps = {a.name: a for a in manifest.attention}
+    assert sorted((a.kind, a.shape) for a in maps.values()) == [
+        ("channel", [1, 8]),
+        ("spatial", [1, 1, 16, 16]),
+    ]
+    assert manifest.source["attention_left_out"] == []
+    # the served channel map is the original graph's own gate, image by image
+    images = np.stack([s.image for s in generate("classification", 47, 3, 32)])
+    session = ort.InferenceSession(str(repo / "keras" / "1" / MODEL_FILE), providers=["CPUExecutionProvider"])
+    channel = next(n for n, a in maps.items() if a.kind == "channel")
+    ours = session.run([channel], {"images": images.transpose(0, 3, 1, 2).astype(np.float32) / 255})[0]
+    original = onnx.load(tmp_path / "keras.onnx")
+    original.graph.output.append(helper.make_tensor_value_info("se_gate", TensorProto.FLOAT, None))
+    probe = ort.InferenceSession(original.SerializeToString(), providers=["CPUExecutionProvider"])
+    theirs = [probe.run(["se_gate"], {"input_1": x[None, ..., ::-1].astype(np.float32)})[0] for x in images]
+    np.testing.assert_allclose(ours, np.concatenate(theirs), atol=1e-6)
 
 
 class ChannelsLast(nn.Module):

@@ -340,7 +340,8 @@ class NonLocalBlock(nn.Module):
         return x + self.W(y)
 
 
-# --- triplet attention (Misra et al. 2021), reference code: two of its three gates in permuted frames ---
+# --- triplet attention (Misra et al. 2021), reference code: two of its three gates in permuted frames,
+# the (C, W) plane of x.permute(0, 2, 1, 3) and the (H, C) plane of x.permute(0, 3, 2, 1) ---------------
 class ZPoolGate(nn.Module):
     def __init__(self):
         super().__init__()
@@ -418,8 +419,21 @@ ATTENTIONS = {
 }
 
 
-def build(attention: str = "se", num_classes: int = 5) -> nn.Module:
-    return _seeded(Net(ATTENTIONS[attention], num_classes), 0)
+class GatedHead(Net):
+    """A gate on the pooled embedding (feature re-weighting before the classifier): a gate, but not
+    over the image, so no map discovery knows a layout for."""
+
+    def __init__(self, attention, num_classes=5, widths=(8, 16)):
+        super().__init__(attention, num_classes, widths)
+        self.gate = nn.Linear(widths[1], widths[1])
+
+    def forward(self, x):
+        v = self.layer2(self.layer1(x)).mean((2, 3))
+        return self.fc(v * torch.sigmoid(self.gate(v)))
+
+
+def build(attention: str = "se", num_classes: int = 5, gated_head: bool = False) -> nn.Module:
+    return _seeded((GatedHead if gated_head else Net)(ATTENTIONS[attention], num_classes), 0)
 
 
 # --- our own CBAM classifier as a user would hold it: logits only, no declared maps -----------------
