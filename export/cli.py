@@ -80,10 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--attention", choices=ATTENTION_MODES, default="auto", help="which attention outputs")
     how.add_argument("--exporter", choices=("auto", *EXPORTERS), default="auto")
     how.add_argument("--no-progress", action="store_true", help="no progress bars")
-    heads = p.add_argument_group("raw detector heads: decoding and NMS added to the graph")
+    add_head_options(p)
+    return p
+
+
+def add_head_options(parser: argparse.ArgumentParser, layouts: tuple[str, ...] = LAYOUTS) -> None:
+    """--head and its companions (read back by ``decode_spec``), for export and import alike."""
+    heads = parser.add_argument_group("raw detector heads: decoding and NMS added to the graph")
     defaults = DecodeSpec("candidates")
     heads.add_argument(
-        "--head", choices=LAYOUTS, help="candidates: boxes N×A×4 + scores N×A×K; dense: per level"
+        "--head", choices=layouts, help="candidates: boxes N×A×4 + scores N×A×K; dense: per level"
     )
     heads.add_argument(
         "--box-format", choices=BOX_FORMATS, help=f"candidates' boxes (default {defaults.box_format})"
@@ -109,7 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"candidates at or below are dropped (default {defaults.score_threshold})",
     )
     heads.add_argument("--max-detections", type=int, help=f"per image (default {defaults.max_detections})")
-    return p
 
 
 # --head's companions, as DecodeSpec fields

@@ -31,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.adapter import INPUT_NAME, MODEL_ATTR
 from export.capture import GateRecord
+from export.graph import constant_values
 
 GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax"}
 PASS_THROUGH = {"Reshape", "Unsqueeze", "Squeeze", "Expand", "Flatten", "Transpose", "Identity", "Cast"}
@@ -225,7 +226,7 @@ def _arithmetic_hard_sigmoids(
 ) -> list[tuple[str, str, onnx.NodeProto]]:
     """``relu6(x + 3) / 6`` and ``clamp(x + 3, 0, 6) / 6`` (MobileNetV3's h_sigmoid, written out): a Clip
     to [0, 6] of x + 3, divided by 6 or times 1/6. Returns (the scaled output, x, the Clip node)."""
-    values = _constant_values(graph)
+    values = constant_values(graph)
 
     def scalar(name: str) -> float | None:
         v = values.get(name)
@@ -250,16 +251,6 @@ def _arithmetic_hard_sigmoids(
             ):
                 found.append((node.output[0], shifted[0], clip))
     return found
-
-
-def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            attr = next((a for a in node.attribute if a.name == "value"), None)
-            if attr is not None:
-                values[node.output[0]] = numpy_helper.to_array(attr.t)
-    return values
 
 
 def node_scope(node: onnx.NodeProto) -> str:

@@ -29,3 +29,14 @@ class GraphWriter:
 
     def ints(self, *values: int) -> str:
         return self.constant(np.array(values, np.int64))
+
+
+def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Every initializer's and Constant node's value, by tensor name."""
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            attr = next((a for a in node.attribute if a.name == "value"), None)
+            if attr is not None:
+                values[node.output[0]] = numpy_helper.to_array(attr.t)
+    return values

@@ -4,6 +4,7 @@ attnserve import MODEL.onnx --task classification|detection --labels FILE --name
                  [--layout auto|nchw|nhwc] [--input-range unit|bytes] [--channels rgb|bgr]
                  [--image-mean R G B --image-std R G B] [--scores logits|probabilities] [--output NAME]
                  [--detection-outputs BOXES SCORES CLASSES] [--input-size H W]
+                 [--head candidates [--head-outputs NAME...] [--box-format ...] [--nms ...] ...]
 """
 
 import argparse
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from attnserve.imaging import RESIZE_POLICIES
 from attnserve.manifest import TASKS
+from export.cli import add_head_options, decode_spec
 from export.errors import ExportError
 from export.importer import CHANNEL_ORDERS, LAYOUTS, SCORE_KINDS, VALUE_RANGES, ImportRequest, import_model
 
@@ -45,11 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resize", choices=RESIZE_POLICIES, help="default: letterbox (detection), resize (else)")
     p.add_argument("--attention", choices=("auto", "none"), default="auto", help="auto: the gates found")
+    add_head_options(p, layouts=("candidates",))
+    p.add_argument(
+        "--head-outputs",
+        nargs="+",
+        metavar="NAME",
+        help="with --head: the packed head, or BOXES SCORES [OBJECTNESS] (default: the graph's outputs)",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        decode = decode_spec(args)
+    except ExportError as exc:
+        parser.error(str(exc))
+    if args.head_outputs and decode is None:
+        parser.error("--head-outputs names raw heads: pass --head candidates too.")
     request = ImportRequest(
         onnx=args.onnx,
         repository=args.repository,
@@ -67,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         attention=args.attention,
         output=args.output,
         detection_outputs=tuple(args.detection_outputs) if args.detection_outputs else None,
+        decode=decode,
+        head_outputs=tuple(args.head_outputs) if args.head_outputs else None,
         resize=args.resize,
         overwrite=args.overwrite,
     )
@@ -77,8 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     checked = manifest.verification["predictions_vs_original"]
     print(f"{path}: {manifest.task}, imported, {len(manifest.attention)} attention outputs")
-    same = ", ".join(checked["bit_identical"])
-    print(f"  {same} bit-identical to the original graph's on {checked['images']}")
+    if "detections_vs_reference" in checked:
+        matched = checked["detections_vs_reference"]["detections"]
+        print(f"  {matched['compared']} detections matched the reference decode + NMS on {checked['images']}")
+    else:
+        same = ", ".join(checked["bit_identical"])
+        print(f"  {same} bit-identical to the original graph's on {checked['images']}")
     for a in manifest.attention:
         print(f"  {a.name}: {a.kind} {a.shape} from {a.source or 'model'}")
     return 0

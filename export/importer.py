@@ -4,14 +4,21 @@ export) into the model repository, with the attention gates discovery finds in i
 The file is served behind the same contract as our exports. In front of its input the importer puts the
 preprocessing the model expects, as graph nodes: the server's N×3×H×W RGB in [0, 1] becomes BGR if
 asked, 0..255 if asked, normalised with the given mean and std, and transposed to NHWC for a
-channels-last input. A fixed batch of 1 is made dynamic when the graph allows it. Its prediction
+channels-last input. A fixed batch of 1 is made dynamic when the graph allows it: the input and outputs'
+batch axis made symbolic, and a Reshape whose constant shape pins the batch at 1 (a traced ``view(1,
+…)``, Keras' Flatten) made to copy the batch instead, kept only if every image of a batch of eight
+then gets what it gets alone. Its prediction
 outputs are renamed to ours (a classifier's logits or probabilities give both; a detector's boxes,
-scores and classes are named with ``--detection-outputs``).
+scores and classes are named with ``--detection-outputs``). A detector with raw candidate heads
+(``--head candidates``: YOLOv5/YOLOv8-style packed tensors, or boxes and class scores) gets the decode
+(export/candidates_graph.py) and NMS (export/nms.py) appended, as an export does.
 
 Without PyTorch there is nothing to compare a gate with, so each map is verified by what it must be:
 finite, inside its kind's range ([0, 1]: the gates are sigmoids, hard sigmoids and softmaxes) and of
 its kind's shape. The predictions of the final graph must be bit-identical to the original graph's on
-the same input tensors (generated scenes and noise, preprocessed by the final graph itself).
+the same input tensors (generated scenes and noise, preprocessed by the final graph itself); with
+``--head``, its detections must match, as sets, the exporter's PyTorch decoder and numpy NMS run on the
+original graph's raw outputs.
 """
 
 import hashlib
@@ -21,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from onnx import TensorProto, helper
 
 from attnserve.imaging import LETTERBOX, RESIZE
@@ -32,14 +40,16 @@ from attnserve.manifest import (
     InputSpec,
     Manifest,
 )
-from export import repository, samples
+from export import nms, repository, samples
 from export.adapter import INPUT_NAME
+from export.candidates_graph import append_candidates
+from export.decode import DecodeSpec, HeadDecoder
 from export.discovery import cpu_session, discover, promote
 from export.errors import ExportError
 from export.exporters import first_line
-from export.graph import GraphWriter
+from export.graph import GraphWriter, constant_values
 from export.pipeline import attention_outputs, library_versions
-from export.verify import check_batch_sizes, check_graph, run_onnx
+from export.verify import check_batch_sizes, check_graph, parity, run_onnx
 
 LAYOUTS = ("auto", "nchw", "nhwc")
 VALUE_RANGES = ("unit", "bytes")  # what the original graph takes: [0, 1] or 0..255
@@ -73,6 +83,8 @@ class ImportRequest:
     attention: str = "auto"  # "auto": the gates discovery finds; "none": predictions only
     output: str | None = None  # a classifier's output name, when the graph has several
     detection_outputs: tuple[str, str, str] | None = None  # a detector's boxes, scores, classes
+    decode: DecodeSpec | None = None  # a detector's raw candidate heads: decode and NMS appended
+    head_outputs: tuple[str, ...] | None = None  # with decode: the packed head, or boxes scores [objectness]
     resize: str | None = None
     overwrite: bool = False
 
@@ -91,11 +103,15 @@ def import_model(req: ImportRequest, log=print) -> tuple[Path, Manifest]:
     log(f"{req.name}: importing {req.onnx} ({req.task}, {size[0]}×{size[1]}, {layout.upper()} input)")
     proto = _with_dynamic_batch(original)
     proto = _with_preprocessing(proto, graph_input.name, layout, size, req)
-    proto = _with_prediction_outputs(proto, req, len(labels))
-    check_graph(proto, IMPORTER_HINT)
-
     resize = req.resize or (LETTERBOX if req.task == DETECTION else RESIZE)
     sample = samples.scene_images(req.task, 2, size, resize, samples.VERIFY_SEED)
+    proto = _with_unpinned_reshapes(proto, sample, log=lambda line: log(f"{req.name}: {line}"))
+    if req.decode is not None:
+        proto = _with_decoded_heads(proto, req, len(labels), sample)
+    else:
+        proto = _with_prediction_outputs(proto, req, len(labels))
+    check_graph(proto, IMPORTER_HINT)
+
     try:
         check_batch_sizes(proto, sample, list(PREDICTION_OUTPUTS[req.task]))
     except ExportError:
@@ -121,7 +137,9 @@ def import_model(req: ImportRequest, log=print) -> tuple[Path, Manifest]:
     verification = {
         "onnx_checker": "full check and shape inference passed",
         "onnxruntime_batch_sizes": batch_sizes,
-        "predictions_vs_original": _same_predictions(original, proto, graph_input.name, images, req),
+        "predictions_vs_original": _same_predictions(
+            original, proto, graph_input.name, images, req, len(labels), size
+        ),
         "maps": _map_ranges(proto, maps, images),
     }
     manifest = Manifest(
@@ -148,6 +166,11 @@ def import_model(req: ImportRequest, log=print) -> tuple[Path, Manifest]:
                 "std": req.image_std,
             },
             "scores": req.scores if req.task == CLASSIFICATION else None,
+            **(
+                {"decoding": req.decode.record(), "head_outputs": list(req.head_outputs or [])}
+                if req.decode
+                else {}
+            ),
             "attention_left_out": [f"gate: {line}" for line in skipped],
         },
         versions=library_versions(),
@@ -282,6 +305,42 @@ def _with_dynamic_batch(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def _with_unpinned_reshapes(proto: onnx.ModelProto, sample: np.ndarray, log) -> onnx.ModelProto:
+    """Reshapes to a constant shape [1, …] of a computed tensor rewritten to [0, …] (0: copy the input's
+    dimension, so the batch), if the graph then runs per image at batch 8; else ``proto`` unchanged."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    graph = out.graph
+    constants = constant_values(graph)
+    g = GraphWriter(graph, "attnserve/unpinned")
+    rewritten = 0
+    for node in graph.node:
+        shape = constants.get(node.input[1]) if node.op_type == "Reshape" else None
+        allow_zero = any(a.name == "allowzero" and a.i for a in node.attribute)
+        if shape is None or shape.ndim != 1 or len(shape) < 2 or shape[0] != 1 or allow_zero:
+            continue
+        if node.input[0] in constants:
+            continue
+        node.input[1] = g.constant(np.concatenate([[0], shape[1:]]).astype(np.int64))
+        rewritten += 1
+    if not rewritten:
+        return proto
+    outputs = [o.name for o in graph.output]
+    batch = np.resize(sample, (8, *sample.shape[1:]))
+    try:
+        session = cpu_session(out)
+        together = session.run(outputs, {INPUT_NAME: batch})
+        alone = [session.run(outputs, {INPUT_NAME: batch[i : i + 1]}) for i in range(len(batch))]
+    except Exception:  # ONNX Runtime refusing the batch: something else fixes it too
+        return proto
+    for k, value in enumerate(together):
+        each = np.concatenate([a[k] for a in alone])
+        if value.shape != each.shape or not np.allclose(value, each, rtol=1e-4, atol=1e-5):
+            return proto
+    log(f"{rewritten} Reshape(s) that pinned the batch at 1 now copy it")
+    return out
+
+
 def _with_preprocessing(
     proto: onnx.ModelProto, original_input: str, layout: str, size: tuple[int, int], req: ImportRequest
 ) -> onnx.ModelProto:
@@ -369,6 +428,40 @@ def _with_prediction_outputs(proto: onnx.ModelProto, req: ImportRequest, classes
     return out
 
 
+def _with_decoded_heads(
+    proto: onnx.ModelProto, req: ImportRequest, classes: int, sample: np.ndarray
+) -> onnx.ModelProto:
+    """The raw candidate heads decoded and suppressed in the graph, into boxes, scores and classes."""
+    if req.task != DETECTION:
+        raise ExportError(f"--head describes a detector's raw heads; this import is --task {req.task}.")
+    if req.detection_outputs is not None:
+        raise ExportError("pass --head for raw heads or --detection-outputs for decoded ones, not both.")
+    req.decode.check()
+    heads = _head_outputs(proto, req)
+    shapes = [v.shape for v in cpu_session(proto).run(heads, {INPUT_NAME: sample})]
+    proto, anchors = append_candidates(proto, req.decode, heads, shapes, classes)
+    return nms.append_nms(proto, req.decode, anchors=anchors, classes=classes)
+
+
+def _head_outputs(proto: onnx.ModelProto, req: ImportRequest) -> list[str]:
+    outputs = [o.name for o in proto.graph.output]
+    if req.head_outputs is None:
+        if not 1 <= len(outputs) <= 3:
+            raise ExportError(
+                f"the graph has {len(outputs)} outputs ({', '.join(outputs)}); name the raw heads with "
+                "--head-outputs PACKED or --head-outputs BOXES SCORES [OBJECTNESS]."
+            )
+        return outputs
+    named = [file_tensor(n) for n in req.head_outputs]
+    missing = [given for given, n in zip(req.head_outputs, named, strict=True) if n not in outputs]
+    if missing or not 1 <= len(named) <= 3:
+        raise ExportError(
+            f"--head-outputs takes one packed head or boxes, scores and an optional objectness among the "
+            f"outputs {', '.join(outputs)}; {', '.join(missing) or len(named)} given."
+        )
+    return named
+
+
 def _only_output(outputs: dict) -> str:
     if len(outputs) != 1:
         raise ExportError(
@@ -384,6 +477,8 @@ def _same_predictions(
     original_input: str,
     images: np.ndarray,
     req: ImportRequest,
+    classes: int,
+    size: tuple[int, int],
 ) -> dict:
     """The final graph's predictions against the original graph's, fed the tensor the final graph's own
     preprocessing computed: they must be the same bits. One image at a time on both sides: the original
@@ -403,6 +498,8 @@ def _same_predictions(
             theirs[n].append(v)
     ours = {n: np.concatenate(v) for n, v in ours.items()}
     theirs = {n: np.concatenate(v) for n, v in theirs.items()}
+    if req.decode is not None:
+        return _same_detections(original, ours, theirs, req, classes, size)
     if req.task == CLASSIFICATION:
         source = file_tensor(req.output) if req.output else wanted[0]
         pairs = {"logits" if req.scores == "logits" else "probabilities": theirs[source]}
@@ -417,6 +514,33 @@ def _same_predictions(
         )
     return {
         "bit_identical": list(pairs),
+        "images": f"{VERIFY_IMAGES} generated scenes and {VERIFY_IMAGES // 2} noise images",
+    }
+
+
+def _same_detections(
+    original: onnx.ModelProto,
+    ours: dict,
+    theirs: dict,
+    req: ImportRequest,
+    classes: int,
+    size: tuple[int, int],
+) -> dict:
+    """The graph's detections against the exporter's PyTorch decoder and numpy NMS (export/decode.py,
+    export/nms.py) run on the original graph's raw heads: matched as sets, as an export's parity."""
+    heads = [torch.from_numpy(theirs[n]) for n in _head_outputs(original, req)]
+    with torch.no_grad():
+        boxes, scores = HeadDecoder(req.decode, classes, size)(heads[0] if len(heads) == 1 else tuple(heads))
+    expected = nms.reference(boxes.numpy(), scores.numpy(), req.decode)
+    figures = parity(DETECTION, expected, ours, size)
+    if not figures["passed"]:
+        raise ExportError(
+            f"the graph's decode and NMS do not match the reference decoder on the original's heads "
+            f"({figures['detections']}); check --head, --box-format and --score-activation against the "
+            "model's outputs."
+        )
+    return {
+        "detections_vs_reference": figures,
         "images": f"{VERIFY_IMAGES} generated scenes and {VERIFY_IMAGES // 2} noise images",
     }
 

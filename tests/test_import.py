@@ -30,10 +30,12 @@ def labels(tmp_path_factory):
     return path
 
 
-def keras_like_onnx(path, pinned_batch_inside: bool = False, se_channels_last: bool = False) -> None:
+def keras_like_onnx(path, pinned_batch: str = "", se_channels_last: bool = False) -> None:
     """input_1: 1×32×32×3 BGR, (x - 127.5) / 127.5 of 0..255 values; a conv, an SE block and a spatial gate
     (mean over channels → 7×7 conv → sigmoid), global pooling, a dense layer and a softmax.
 
+    ``pinned_batch``: "flatten", a Keras Flatten exported with its batch of 1 baked into a Reshape [1, 8];
+    "vector", the pooled features reshaped to [8] and unsqueezed back, which loses the batch for good.
     ``se_channels_last``: the SE block runs on an N×H×W×C view between Transposes, as tf2onnx leaves
     Keras' channels-last layers (mean over H and W, two MatMuls, the gate reshaped to N×1×1×C)."""
     rng = np.random.default_rng(0)
@@ -45,10 +47,11 @@ def keras_like_onnx(path, pinned_batch_inside: bool = False, se_channels_last: b
     inits = [weight("conv_w", 8, 3, 3, 3), weight("conv_b", 8), weight("se1_w", *se_shapes[0]),
              weight("se1_b", 4), weight("se2_w", *se_shapes[1]), weight("se2_b", 8),
              weight("sp_w", 1, 1, 7, 7), weight("sp_b", 1), weight("dense_w", 8, 5), weight("dense_b", 5),
-             numpy_helper.from_array(np.array([-1, 1, 1, 8], np.int64), "gate_shape")]  # fmt: skip
-    flat_shape = "flat_shape" if pinned_batch_inside else None
-    if flat_shape:  # a Keras Flatten exported with its batch of 1 baked into a Reshape
-        inits.append(numpy_helper.from_array(np.array([1, 8], np.int64), flat_shape))
+             numpy_helper.from_array(np.array([-1, 1, 1, 8], np.int64), "gate_shape"),
+             numpy_helper.from_array(np.array([0], np.int64), "axis0")]  # fmt: skip
+    if pinned_batch:
+        shape = [1, 8] if pinned_batch == "flatten" else [8]
+        inits.append(numpy_helper.from_array(np.array(shape, np.int64), "flat_shape"))
     nodes = [
         helper.make_node("Transpose", ["input_1"], ["nchw"], perm=[0, 3, 1, 2], name="model/permute"),
         helper.make_node("Conv", ["nchw", "conv_w", "conv_b"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1],
@@ -62,8 +65,7 @@ def keras_like_onnx(path, pinned_batch_inside: bool = False, se_channels_last: b
         helper.make_node("Sigmoid", ["sp_conv"], ["sp_gate"], name="model/spatial/Sigmoid"),
         helper.make_node("Mul", ["se_out", "sp_gate"], ["sp_out"], name="model/spatial/Mul"),
         helper.make_node("GlobalAveragePool", ["sp_out"], ["pooled"], name="model/pool"),
-        helper.make_node("Reshape", ["pooled", "flat_shape"], ["flat"], name="model/flatten")
-        if flat_shape else helper.make_node("Flatten", ["pooled"], ["flat"], name="model/flatten"),
+        *flatten_nodes(pinned_batch),
         helper.make_node("Gemm", ["flat", "dense_w", "dense_b"], ["logits"], name="model/dense/MatMul"),
         helper.make_node("Softmax", ["logits"], ["predictions"], axis=1, name="model/dense/Softmax"),
     ]  # fmt: skip
@@ -76,6 +78,17 @@ def keras_like_onnx(path, pinned_batch_inside: bool = False, se_channels_last: b
         graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="tf2onnx-like"
     )
     onnx.save(model, path)
+
+
+def flatten_nodes(pinned_batch: str) -> list[onnx.NodeProto]:
+    if not pinned_batch:
+        return [helper.make_node("Flatten", ["pooled"], ["flat"], name="model/flatten")]
+    if pinned_batch == "flatten":
+        return [helper.make_node("Reshape", ["pooled", "flat_shape"], ["flat"], name="model/flatten")]
+    return [
+        helper.make_node("Reshape", ["pooled", "flat_shape"], ["vector"], name="model/vector"),
+        helper.make_node("Unsqueeze", ["vector", "axis0"], ["flat"], name="model/unsqueeze"),
+    ]
 
 
 def se_nchw_nodes() -> list[onnx.NodeProto]:
@@ -187,6 +200,23 @@ def test_a_gate_applied_in_a_channels_last_view_is_served_in_the_features_frame(
     np.testing.assert_allclose(ours, np.concatenate(theirs), atol=1e-6)
 
 
+def test_a_reshape_that_pins_the_batch_is_made_to_copy_it(tmp_path, labels, capsys):
+    """A Keras Flatten exported as Reshape [1, 8]: rewritten to [0, 8], the graph takes any batch and each
+    image's probabilities are what the original gives it alone."""
+    keras_like_onnx(tmp_path / "flat.onnx", pinned_batch="flatten")
+    repo = tmp_path / "repo"
+    assert import_main([str(tmp_path / "flat.onnx"), "--task", "classification", "--labels", str(labels),
+                        "--name", "flat", "--repository", str(repo),
+                        "--scores", "probabilities"]) == 0  # fmt: skip
+    assert "1 Reshape(s) that pinned the batch at 1 now copy it" in capsys.readouterr().err
+    session = ort.InferenceSession(str(repo / "flat" / "1" / MODEL_FILE), providers=["CPUExecutionProvider"])
+    images = np.random.default_rng(4).random((5, 3, 32, 32), dtype=np.float32)
+    batched = session.run(["probabilities"], {"images": images})[0]
+    original = ort.InferenceSession(str(tmp_path / "flat.onnx"), providers=["CPUExecutionProvider"])
+    alone = [original.run(None, {"input_1": x[None].transpose(0, 2, 3, 1)})[0] for x in images]
+    np.testing.assert_allclose(batched, np.concatenate(alone), atol=1e-6)
+
+
 class ChannelsLast(nn.Module):
     """A PyTorch model that takes N×H×W×3, as code ported from TensorFlow often does; CBAM-like gates."""
 
@@ -292,7 +322,7 @@ def test_files_that_cannot_be_imported_fail_with_the_reason(tmp_path, labels, ca
     if case == "not_onnx":
         path.write_bytes(b"PK\x03\x04 a zip, not a protobuf")
     else:
-        keras_like_onnx(path, pinned_batch_inside=case == "pinned_batch")
+        keras_like_onnx(path, pinned_batch="vector" if case == "pinned_batch" else "")
     given_labels = labels if case != "no_labels" else tmp_path / "none"
     args = [str(path), "--task", "classification", "--labels", str(given_labels),
             "--name", "m", "--repository", str(tmp_path / "repo"), "--scores", "probabilities"]  # fmt: skip

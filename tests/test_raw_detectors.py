@@ -14,6 +14,7 @@ from attnserve.manifest import MODEL_FILE, Manifest
 from export.cli import main as export_main
 from export.decode import DecodeSpec
 from export.errors import ExportError
+from export.import_cli import main as import_main
 from export.pipeline import ExportRequest, export_model
 from models.evaluate import to_tensor
 from models.scenes import detection_scene, generate
@@ -190,3 +191,84 @@ def test_demo_fcos_detector_serves_boxes_that_find_the_objects_and_its_level_map
                     for d in result.detections
                 )
     assert total == 97 and hits / total >= RECALL_FLOOR, (hits, total, RECALL_MEASURED)
+
+
+CANDIDATE_STYLES = ("yolov5", "yolov8", "retina")
+
+
+def onnx_file(path, style: str) -> torch.nn.Module:
+    """The detector exported by the TorchScript exporter at batch 1, no dynamic axes (as ultralytics'
+    default export); its single packed head called ``output0``, retina's two ``boxes`` and ``scores``."""
+    model = user_detectors.build(style)
+    outputs = ["output0"] if style != "retina" else ["boxes", "scores"]
+    torch.onnx.export(model, (torch.rand(1, 3, SIZE, SIZE),), path, dynamo=False, input_names=["images"],
+                      output_names=outputs, opset_version=17)  # fmt: skip
+    return model
+
+
+@pytest.mark.parametrize("style", CANDIDATE_STYLES)
+def test_an_onnx_file_with_raw_candidate_heads_imports_with_nms_and_matches_a_plain_decode(
+    tmp_path, labels, images, style
+):
+    """The same detectors as someone else's ONNX file: the TorchScript exporter, batch fixed at 1 (as
+    ultralytics exports), no PyTorch source given to the importer. Retina's outputs are even called
+    ``boxes`` and ``scores``, our own names."""
+    model = onnx_file(tmp_path / f"{style}.onnx", style)
+    assert import_main([str(tmp_path / f"{style}.onnx"), "--task", "detection", "--labels", str(labels),
+                        "--name", style, "--repository", str(tmp_path / "repo"),
+                        *user_detectors.EXPORT_OPTIONS[style]]) == 0  # fmt: skip
+    manifest = Manifest.read(tmp_path / "repo" / style / "1" / "manifest.json")
+    assert manifest.source["origin"] == "imported" and manifest.source["decoding"]["layout"] == "candidates"
+    checked = manifest.verification["predictions_vs_original"]["detections_vs_reference"]
+    assert checked["passed"] and checked["detections"]["compared"] > 100
+    # the gates are found through the decode, as in an export: SE's channel map, a spatial gate per level
+    assert sorted(a.kind for a in manifest.attention) == ["channel", "spatial", "spatial", "spatial"]
+    got = detections(tmp_path / "repo", style, images)  # the batch made dynamic: six images at once
+    boxes, scores = user_detectors.reference_decode(model, torch.from_numpy(images))
+    for i in range(len(images)):
+        assert_same_detections(got, plain_nms(boxes[i].numpy(), scores[i].numpy(), agnostic=False), i)
+
+
+def test_an_imported_yolov8_file_serves_final_detections(tmp_path, labels):
+    onnx_file(tmp_path / "y8.onnx", "yolov8")
+    assert import_main([str(tmp_path / "y8.onnx"), "--task", "detection", "--labels", str(labels), "--name",
+                        "y8", "--repository", str(tmp_path), "--head", "candidates", "--box-format", "cxcywh",
+                        "--score-activation", "none", "--max-detections", "20"]) == 0  # fmt: skip
+    server = start_server(tmp_path, tmp_path / "server.log")
+    try:
+        with VisionClient(server.target) as client:
+            image = Image.fromarray(detection_scene(44, 0, 96).image)
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG")
+            reply = client.detect([buffer.getvalue()], "y8", score_threshold=0.0, select=["spatial"],
+                                  geometry="original_image")  # fmt: skip
+    finally:
+        assert server.stop() == 0
+    result = reply.results[0]
+    assert 0 < len(result.detections) <= 20
+    assert {d.label for d in result.detections} <= {"circle", "square", "triangle"}
+    assert all(map_array(m).shape == (1, 96, 96) for m in result.maps) and len(result.maps) == 3
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--head", "candidates", "--head-outputs", "nope"], "--head-outputs takes one packed head"),
+        (
+            ["--head", "candidates", "--box-format", "cxcywh", "--detection-outputs", "a", "b", "c"],
+            "not both",
+        ),
+        (["--box-format", "cxcywh"], "pass --head candidates"),
+    ],
+)
+def test_raw_head_imports_refuse_what_does_not_fit_with_the_reason(tmp_path, labels, capsys, extra, message):
+    onnx_file(tmp_path / "y8.onnx", "yolov8")
+    args = [str(tmp_path / "y8.onnx"), "--task", "detection", "--labels", str(labels), "--name", "y8",
+            "--repository", str(tmp_path / "repo"), *extra]  # fmt: skip
+    try:
+        code = import_main(args)
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "repo" / "y8").exists()
