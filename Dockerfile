@@ -23,6 +23,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY requirements requirements
 COPY attnserve attnserve
+COPY client client
 COPY export export
 COPY models models
 COPY service service

@@ -80,39 +80,39 @@ format: install
 # generators, the detector's before its attention was guided, the classifiers' last on today's; this
 # recipe runs every stage on today's.
 train: install
-	$(PY) -m models.train harnet_detector --out runs/harnet_base.pt
-	$(PY) -m models.train harnet_detector --init runs/harnet_base.pt --steps 1200 --lr 1.5e-3 --seed 3 \
+	$(PY) -m attnserve.models.train harnet_detector --out runs/harnet_base.pt
+	$(PY) -m attnserve.models.train harnet_detector --init runs/harnet_base.pt --steps 1200 --lr 1.5e-3 --seed 3 \
 		--out runs/harnet_stage2.pt
-	$(PY) -m models.train harnet_detector --init runs/harnet_stage2.pt --steps 1200 --lr 1.5e-3 --seed 4
-	$(PY) -m models.train fcos_detector --init models/weights/harnet_detector.pt --steps 2000 --lr 2e-3 --seed 5
-	$(PY) -m models.train cbam_classifier --out runs/cbam_warmup.pt
-	$(PY) -m models.train cbam_classifier --init runs/cbam_warmup.pt --steps 1200 --lr 2e-3 --out runs/cbam_stage2.pt
-	$(PY) -m models.train cbam_classifier --init runs/cbam_stage2.pt --steps 800 --lr 1e-3 --seed 1 --out runs/cbam_stage3.pt
-	$(PY) -m models.train cbam_classifier --init runs/cbam_stage3.pt --steps 1200 --lr 1e-3 --seed 2 --out runs/cbam_stage4.pt
-	$(PY) -m models.train cbam_classifier --init runs/cbam_stage4.pt --steps 1500 --lr 2e-3 --seed 3 --train-size 20000 \
+	$(PY) -m attnserve.models.train harnet_detector --init runs/harnet_stage2.pt --steps 1200 --lr 1.5e-3 --seed 4
+	$(PY) -m attnserve.models.train fcos_detector --init models/weights/harnet_detector.pt --steps 2000 --lr 2e-3 --seed 5
+	$(PY) -m attnserve.models.train cbam_classifier --out runs/cbam_warmup.pt
+	$(PY) -m attnserve.models.train cbam_classifier --init runs/cbam_warmup.pt --steps 1200 --lr 2e-3 --out runs/cbam_stage2.pt
+	$(PY) -m attnserve.models.train cbam_classifier --init runs/cbam_stage2.pt --steps 800 --lr 1e-3 --seed 1 --out runs/cbam_stage3.pt
+	$(PY) -m attnserve.models.train cbam_classifier --init runs/cbam_stage3.pt --steps 1200 --lr 1e-3 --seed 2 --out runs/cbam_stage4.pt
+	$(PY) -m attnserve.models.train cbam_classifier --init runs/cbam_stage4.pt --steps 1500 --lr 2e-3 --seed 3 --train-size 20000 \
 		--out runs/cbam_broad.pt
-	$(PY) -m models.train cbam_classifier --init runs/cbam_broad.pt --steps 2000 --lr 1.5e-3 --seed 4 --train-size 20000 \
+	$(PY) -m attnserve.models.train cbam_classifier --init runs/cbam_broad.pt --steps 2000 --lr 1.5e-3 --seed 4 --train-size 20000 \
 		--resolutions 80 120
-	$(PY) -m models.train eca_classifier --init runs/cbam_warmup.pt --steps 1200 --lr 2e-3 --out runs/eca_base.pt
-	$(PY) -m models.train eca_classifier --init runs/eca_base.pt --steps 1200 --lr 2e-3 --seed 3 --train-size 20000 \
+	$(PY) -m attnserve.models.train eca_classifier --init runs/cbam_warmup.pt --steps 1200 --lr 2e-3 --out runs/eca_base.pt
+	$(PY) -m attnserve.models.train eca_classifier --init runs/eca_base.pt --steps 1200 --lr 2e-3 --seed 3 --train-size 20000 \
 		--out runs/eca_broad.pt
-	$(PY) -m models.train eca_classifier --init runs/eca_broad.pt --steps 2000 --lr 1.5e-3 --seed 4 --train-size 20000 \
+	$(PY) -m attnserve.models.train eca_classifier --init runs/eca_broad.pt --steps 2000 --lr 1.5e-3 --seed 4 --train-size 20000 \
 		--resolutions 80 120
-	$(PY) -m models.train vit_classifier --init runs/cbam_stage4.pt --steps 2500 --lr 1e-3 --weight-decay 0.05 \
+	$(PY) -m attnserve.models.train vit_classifier --init runs/cbam_stage4.pt --steps 2500 --lr 1e-3 --weight-decay 0.05 \
 		--train-size 30000 --out runs/vit_base.pt
-	$(PY) -m models.train vit_classifier --init runs/vit_base.pt --steps 2500 --lr 7e-4 --weight-decay 0.05 \
+	$(PY) -m attnserve.models.train vit_classifier --init runs/vit_base.pt --steps 2500 --lr 7e-4 --weight-decay 0.05 \
 		--seed 1 --train-size 30000 --out runs/vit_broad.pt
-	$(PY) -m models.train vit_classifier --init runs/vit_broad.pt --steps 2500 --lr 5e-4 --weight-decay 0.05 \
+	$(PY) -m attnserve.models.train vit_classifier --init runs/vit_broad.pt --steps 2500 --lr 5e-4 --weight-decay 0.05 \
 		--seed 4 --train-size 30000 --resolutions 80 120
 
 # Re-measure the demo models on 1000 held-out and 1000 shifted scenes and rewrite docs/models.md.
 evaluate: install
-	$(PY) -m models.evaluate --write docs/models.md
+	$(PY) -m attnserve.models.evaluate --write docs/models.md
 
 clean:
 	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache *.egg-info
 
-PROTOS := protos/attnserve/v1/vision.proto protos/attnserve/inference/v2/grpc_predict_v2.proto
+PROTOS := protos/attnserve/api/v1/vision.proto protos/attnserve/api/inference/v2/grpc_predict_v2.proto
 
 # Benchmarks (docs/benchmarks.md): everything, with the peer server and the CBAM-ResNet-50; or a quick
 # run of the demo classifier (a few minutes). Results in bench/results/; `bench` rewrites the docs table.
@@ -122,6 +122,6 @@ bench: install
 bench-quick: install
 	$(PY) -m bench --quick
 
-# Regenerate the gRPC code in attnserve/ from protos/ (a test fails when it is stale).
+# Regenerate the gRPC code in attnserve/api/ from protos/ (a test fails when it is stale).
 protos: install
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)

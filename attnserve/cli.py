@@ -1,29 +1,46 @@
-"""The ``attnserve`` command. Each subcommand imports only what it needs: ``export`` needs torch, the
-server and the client never do."""
+"""The ``attnserve`` command. Its subcommands are entry points in the ``attnserve.commands`` group, each
+registered by the layer that implements it (pyproject.toml): this torch-free core names none of them and
+imports only the one asked for, so ``serve`` and ``predict`` never load the exporter or torch."""
 
-import importlib
+import ast
+import importlib.util
 import os
 import signal
 import sys
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 
-COMMANDS = {
-    "serve": ("service.cli", "serve", "serve a model repository over gRPC"),
-    "predict": ("service.cli", "predict", "send images to a server; print predictions, write overlays"),
-    "export": ("export.cli", "main", "export a PyTorch model into a model repository"),
-    "import": ("export.import_cli", "main", "import an ONNX file from any framework into a model repository"),
-}
+GROUP = "attnserve.commands"
+
+
+def commands() -> dict[str, EntryPoint]:
+    return {e.name: e for e in sorted(entry_points(group=GROUP), key=lambda e: e.name)}
+
+
+def summary(entry: EntryPoint) -> str:
+    """The first line of the command module's docstring, read from its source without importing it (or
+    its package: finding the package's spec imports only the packages above it)."""
+    package, _, leaf = entry.module.rpartition(".")
+    spec = importlib.util.find_spec(package)
+    sources = [Path(p) / f"{leaf}.py" for p in (spec.submodule_search_locations or [])] if spec else []
+    source = next((s for s in sources if s.is_file()), None)
+    if source is None:
+        return ""
+    doc = ast.get_docstring(ast.parse(source.read_text(encoding="utf-8"))) or ""
+    first = doc.split("\n\n")[0].replace("\n", " ")
+    return first.split(": ", 1)[1] if first.startswith("``attnserve") and ": " in first else first
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in COMMANDS:
-        lines = [f"  {name:8} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    available = commands()
+    if not argv or argv[0] not in available:
+        lines = [f"  {name:8} {summary(entry)}" for name, entry in available.items()]
         print("usage: attnserve COMMAND [options]   (attnserve COMMAND --help)\n\n" + "\n".join(lines),
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)  # fmt: skip
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    module, function, _ = COMMANDS[argv[0]]
     try:
-        status = getattr(importlib.import_module(module), function)(argv[1:])
+        status = available[argv[0]].load()(argv[1:])
         sys.stdout.flush()  # here, so a closed pipe is found inside the try and not at exit
         return status
     except BrokenPipeError:

@@ -19,16 +19,16 @@ from importlib.metadata import version
 from pathlib import Path
 
 import grpc
+from attnserve.client import AsyncVisionClient
+from attnserve.export.cli import main as export_main
+from attnserve.models.outputs import ROLLOUT
 
 from attnserve.manifest import MANIFEST_FILE, Manifest
 from bench import limits, report
+from bench.harness import start_server
 from bench.loadgen import run_load
 from bench.peer import start_mlserver
 from bench.workloads import ImageSet, TensorCalls, VisionCalls, image_set
-from export.cli import main as export_main
-from models.outputs import ROLLOUT
-from service.client import AsyncVisionClient
-from service.process import start_server
 
 PROFILES = {
     "quick": dict(

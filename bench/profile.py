@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from bench.__main__ import vision
+from bench.harness import start_server
 from bench.workloads import image_set
-from service.process import start_server
 
 
 def cpu_seconds(pid: int) -> float:

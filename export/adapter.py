@@ -8,10 +8,10 @@ turns into final detections in the graph (export/nms.py).
 """
 
 import torch
+from attnserve.export.errors import ExportError
 from torch import nn
 
 from attnserve.manifest import CLASSIFICATION, PREDICTION_OUTPUTS
-from export.errors import ExportError
 
 INPUT_NAME = "images"
 CANDIDATE_OUTPUTS = ("candidate_boxes", "candidate_scores")  # a decoder's outputs, before NMS

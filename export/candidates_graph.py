@@ -9,12 +9,11 @@ the exporter's PyTorch decoder, run on the original graph's outputs, is the impo
 
 import numpy as np
 import onnx
+from attnserve.export.adapter import CANDIDATE_OUTPUTS
+from attnserve.export.decode import DecodeSpec
+from attnserve.export.errors import ExportError
+from attnserve.export.graph import GraphWriter
 from onnx import TensorProto, helper
-
-from export.adapter import CANDIDATE_OUTPUTS
-from export.decode import DecodeSpec
-from export.errors import ExportError
-from export.graph import GraphWriter
 
 CANDIDATE_BOXES, CANDIDATE_SCORES = CANDIDATE_OUTPUTS
 PREFIX = "attnserve/decode"

@@ -14,15 +14,30 @@ import argparse
 import sys
 from pathlib import Path
 
+from attnserve.export.decode import (
+    ACTIVATIONS,
+    BOX_FORMATS,
+    BOX_UNITS,
+    LAYOUTS,
+    NMS_MODES,
+    REGRESSIONS,
+    DecodeSpec,
+)
+from attnserve.export.errors import ExportError
+from attnserve.export.exporters import EXPORTERS, MIN_OPSET
+from attnserve.export.pipeline import (
+    ATTENTION_MODES,
+    DEFAULT_MIN_AGREEMENT,
+    ExportRequest,
+    demo_requests,
+    export_model,
+)
+from attnserve.export.repository import versions
+from attnserve.export.verify import agreement_value
+from attnserve.models.zoo import ARCH_PRESETS
+
 from attnserve.imaging import RESIZE_POLICIES
 from attnserve.manifest import PRECISIONS, TASKS
-from export.decode import ACTIVATIONS, BOX_FORMATS, BOX_UNITS, LAYOUTS, NMS_MODES, REGRESSIONS, DecodeSpec
-from export.errors import ExportError
-from export.exporters import EXPORTERS, MIN_OPSET
-from export.pipeline import ATTENTION_MODES, DEFAULT_MIN_AGREEMENT, ExportRequest, demo_requests, export_model
-from export.repository import versions
-from export.verify import agreement_value
-from models.zoo import ARCH_PRESETS
 
 
 def build_parser() -> argparse.ArgumentParser:

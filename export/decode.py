@@ -22,10 +22,9 @@ needs: ``sigmoid`` for logits, ``softmax`` over classes, or ``none``), times obj
 from dataclasses import asdict, dataclass
 
 import torch
+from attnserve.export.adapter import describe
+from attnserve.export.errors import ExportError
 from torch import nn
-
-from export.adapter import describe
-from export.errors import ExportError
 
 LAYOUTS = ("candidates", "dense")
 BOX_FORMATS = ("xyxy", "cxcywh")

@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnxruntime as ort
+from attnserve.export.adapter import INPUT_NAME, MODEL_ATTR
+from attnserve.export.capture import GateRecord
+from attnserve.export.graph import constant_values
 from onnx import TensorProto, helper, numpy_helper
-
-from export.adapter import INPUT_NAME, MODEL_ATTR
-from export.capture import GateRecord
-from export.graph import constant_values
 
 GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax"}
 PASS_THROUGH = {"Reshape", "Unsqueeze", "Squeeze", "Expand", "Flatten", "Transpose", "Identity", "Cast"}

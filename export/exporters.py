@@ -16,9 +16,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-
-from export.adapter import INPUT_NAME, ExportAdapter
-from export.errors import ExportError
+from attnserve.export.adapter import INPUT_NAME, ExportAdapter
+from attnserve.export.errors import ExportError
 
 TORCH_EXPORT = "torch.export"
 TORCHSCRIPT = "torchscript"

@@ -11,11 +11,19 @@ import argparse
 import sys
 from pathlib import Path
 
+from attnserve.export.cli import add_head_options, decode_spec
+from attnserve.export.errors import ExportError
+from attnserve.export.importer import (
+    CHANNEL_ORDERS,
+    LAYOUTS,
+    SCORE_KINDS,
+    VALUE_RANGES,
+    ImportRequest,
+    import_model,
+)
+
 from attnserve.imaging import RESIZE_POLICIES
 from attnserve.manifest import TASKS
-from export.cli import add_head_options, decode_spec
-from export.errors import ExportError
-from export.importer import CHANNEL_ORDERS, LAYOUTS, SCORE_KINDS, VALUE_RANGES, ImportRequest, import_model
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from attnserve.export import nms, repository, samples
+from attnserve.export.adapter import INPUT_NAME
+from attnserve.export.candidates_graph import append_candidates
+from attnserve.export.decode import DecodeSpec, HeadDecoder
+from attnserve.export.discovery import cpu_session, discover, promote
+from attnserve.export.errors import ExportError
+from attnserve.export.exporters import first_line
+from attnserve.export.graph import GraphWriter, constant_values
+from attnserve.export.pipeline import attention_outputs, library_versions
+from attnserve.export.verify import check_batch_sizes, check_graph, parity, run_onnx
 from onnx import TensorProto, helper
 
 from attnserve.imaging import LETTERBOX, RESIZE
@@ -40,16 +50,6 @@ from attnserve.manifest import (
     InputSpec,
     Manifest,
 )
-from export import nms, repository, samples
-from export.adapter import INPUT_NAME
-from export.candidates_graph import append_candidates
-from export.decode import DecodeSpec, HeadDecoder
-from export.discovery import cpu_session, discover, promote
-from export.errors import ExportError
-from export.exporters import first_line
-from export.graph import GraphWriter, constant_values
-from export.pipeline import attention_outputs, library_versions
-from export.verify import check_batch_sizes, check_graph, parity, run_onnx
 
 LAYOUTS = ("auto", "nchw", "nhwc")
 VALUE_RANGES = ("unit", "bytes")  # what the original graph takes: [0, 1] or 0..255

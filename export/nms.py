@@ -14,12 +14,12 @@ suppressing), for the export's parity check.
 
 import numpy as np
 import onnx
+from attnserve.export.adapter import CANDIDATE_OUTPUTS
+from attnserve.export.decode import DecodeSpec
+from attnserve.export.graph import GraphWriter
 from onnx import TensorProto, helper
 
 from attnserve.manifest import DETECTION, PREDICTION_OUTPUTS
-from export.adapter import CANDIDATE_OUTPUTS
-from export.decode import DecodeSpec
-from export.graph import GraphWriter
 
 CANDIDATE_BOXES, CANDIDATE_SCORES = CANDIDATE_OUTPUTS
 

@@ -14,6 +14,26 @@ import numpy as np
 import onnx
 import onnxruntime
 import torch
+from attnserve.export import nms, quantize, repository, samples
+from attnserve.export.adapter import CANDIDATE_OUTPUTS, INPUT_NAME, ExportAdapter
+from attnserve.export.capture import ExplicitAttention, GateRecorder
+from attnserve.export.decode import DecodeSpec, HeadDecoder
+from attnserve.export.discovery import cpu_session, discover, promote
+from attnserve.export.errors import ExportError
+from attnserve.export.exporters import MIN_OPSET, export_onnx
+from attnserve.export.self_attention import discover_self_attention, promote_self_attention
+from attnserve.export.sources import SourceModel, checkpoint_record, from_arch, from_factory
+from attnserve.export.verify import (
+    agreement,
+    agreement_value,
+    check_batch_sizes,
+    check_graph,
+    parity,
+    run_onnx,
+    run_torch,
+)
+from attnserve.models.outputs import PREDICTION
+from attnserve.models.zoo import DEMO_MODELS
 
 from attnserve import cpu
 from attnserve.imaging import LETTERBOX, RESIZE, RESIZE_POLICIES
@@ -26,26 +46,6 @@ from attnserve.manifest import (
     InputSpec,
     Manifest,
 )
-from export import nms, quantize, repository, samples
-from export.adapter import CANDIDATE_OUTPUTS, INPUT_NAME, ExportAdapter
-from export.capture import ExplicitAttention, GateRecorder
-from export.decode import DecodeSpec, HeadDecoder
-from export.discovery import cpu_session, discover, promote
-from export.errors import ExportError
-from export.exporters import MIN_OPSET, export_onnx
-from export.self_attention import discover_self_attention, promote_self_attention
-from export.sources import SourceModel, checkpoint_record, from_arch, from_factory
-from export.verify import (
-    agreement,
-    agreement_value,
-    check_batch_sizes,
-    check_graph,
-    parity,
-    run_onnx,
-    run_torch,
-)
-from models.outputs import PREDICTION
-from models.zoo import DEMO_MODELS
 
 ATTENTION_MODES = ("auto", "declared", "none")
 PARITY_SCENES, PARITY_NOISE = 16, 8

@@ -6,8 +6,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from attnserve.export.errors import ExportError
+
 from attnserve.manifest import MANIFEST_FILE, MODEL_FILE
-from export.errors import ExportError
 
 
 def versions(repository: Path, name: str) -> list[int]:

@@ -4,12 +4,12 @@ all fitted to the model's input by the same code the server uses (attnserve.imag
 from pathlib import Path
 
 import numpy as np
+from attnserve.export.errors import ExportError
+from attnserve.models.scenes import generate
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from attnserve.imaging import fit, to_input
 from attnserve.manifest import DETECTION
-from export.errors import ExportError
-from models.scenes import generate
 
 VERIFY_SEED = 4242  # held out from training (seeds 1, 2) and evaluation (1000)
 CALIBRATION_SEED = 77

@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import torch
+from attnserve.export.capture import GateRecord
+from attnserve.export.discovery import PASS_THROUGH, match_record, node_scope, probe
+from attnserve.export.graph import GraphWriter
+from attnserve.models.outputs import ROLLOUT, SELF_ATTENTION, SELF_ATTENTION_HEADS
+from attnserve.models.vit import rollout
 from onnx import TensorProto, helper
-
-from export.capture import GateRecord
-from export.discovery import PASS_THROUGH, match_record, node_scope, probe
-from export.graph import GraphWriter
-from models.outputs import ROLLOUT, SELF_ATTENTION, SELF_ATTENTION_HEADS
-from models.vit import rollout
 
 MAX_LEADING_TOKENS = 8  # a class token, a distillation token and up to six registers
 ATTENDING_OPS = {"MatMul", "Einsum"}

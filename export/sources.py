@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from attnserve.export.errors import ExportError
+from attnserve.models import zoo
+from attnserve.models.outputs import OutputSpec
+from attnserve.models.scenes import CLASS_NAMES
 from torch import nn
 
 from attnserve.manifest import CLASSIFICATION, DETECTION
-from export.errors import ExportError
-from models import zoo
-from models.outputs import OutputSpec
-from models.scenes import CLASS_NAMES
 
 
 @dataclass

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 import torch
+from attnserve.export.adapter import INPUT_NAME, ExportAdapter
+from attnserve.export.capture import ExplicitAttention, GateRecorder
+from attnserve.export.discovery import PromotedMap, cpu_session
+from attnserve.export.errors import ExportError
+from attnserve.export.self_attention import AttentionMap
 
 from attnserve.manifest import CLASSIFICATION
-from export.adapter import INPUT_NAME, ExportAdapter
-from export.capture import ExplicitAttention, GateRecorder
-from export.discovery import PromotedMap, cpu_session
-from export.errors import ExportError
-from export.self_attention import AttentionMap
 
 PARITY_TOLERANCE = 1e-4
 # Detections scoring below this are background; a near-tie among them may swap freely in the top K.

@@ -4,10 +4,9 @@ Attention sits where SE and CBAM place it: on the residual branch after its last
 """
 
 import torch
+from attnserve.models.attention import create_attn
+from attnserve.models.outputs import OutputSpec, attention_specs
 from torch import nn
-
-from models.attention import create_attn
-from models.outputs import OutputSpec, attention_specs
 
 
 def conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:

@@ -7,10 +7,9 @@ computed once and the logits are read from it.
 """
 
 import torch
+from attnserve.models.backbone import ResNetBackbone
+from attnserve.models.outputs import CAM, PREDICTION, OutputSpec, under
 from torch import nn
-
-from models.backbone import ResNetBackbone
-from models.outputs import CAM, PREDICTION, OutputSpec, under
 
 
 class AttentionClassifier(nn.Module):

@@ -10,11 +10,10 @@ max-pool peak test, TopK, box math), so the model emits final boxes, scores and 
 
 import torch
 import torch.nn.functional as F
+from attnserve.models.attention import CrossLevelChannelAttention, DilatedSpatialAttention
+from attnserve.models.backbone import ResNetBackbone
+from attnserve.models.outputs import PREDICTION, OutputSpec, attention_specs, under
 from torch import nn
-
-from models.attention import CrossLevelChannelAttention, DilatedSpatialAttention
-from models.backbone import ResNetBackbone
-from models.outputs import PREDICTION, OutputSpec, attention_specs, under
 
 HEATMAP_PRIOR_BIAS = -2.19  # sigmoid(-2.19) ≈ 0.1, CenterNet's initial heatmap prior
 

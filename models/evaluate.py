@@ -1,10 +1,10 @@
 """Measure models on held-out generated scenes: accuracy or mAP@0.5, and how well each attention map
 points at the objects (pointing game, energy-in-box) next to the centre-point and uniform-map baselines.
 Two sets: scenes in the training style (another seed), and scenes in the shifted style
-(models.scenes.SHIFTED: sizes and styles outside every training range).
+(attnserve.models.scenes.SHIFTED: sizes and styles outside every training range).
 
-    python -m models.evaluate                       # the demo models, 1000 scenes of each set
-    python -m models.evaluate --write docs/models.md
+    python -m attnserve.models.evaluate                       # the demo models, 1000 scenes of each set
+    python -m attnserve.models.evaluate --write docs/models.md
 """
 
 import argparse
@@ -13,17 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from attnserve.models import metrics
+from attnserve.models.outputs import CAM, ROLLOUT, SELF_ATTENTION, SPATIAL
+from attnserve.models.scenes import generate
+from attnserve.models.zoo import is_detector
 from torch import nn
-
-from models import metrics
-from models.outputs import CAM, ROLLOUT, SELF_ATTENTION, SPATIAL
-from models.scenes import generate
-from models.zoo import is_detector
 
 EVAL_SEED = 1000  # held out: training uses seed 1, validation seed 2
 SHIFTED_SEED = 2000
 SETS = {"held_out": (EVAL_SEED, False), "shifted": (SHIFTED_SEED, True)}  # name: (seed, shifted style)
-EVAL_COMMAND = "python -m models.evaluate --write docs/models.md"
+EVAL_COMMAND = "python -m attnserve.models.evaluate --write docs/models.md"
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -93,8 +92,8 @@ def predict(model: nn.Module, images: torch.Tensor) -> dict[str, np.ndarray]:
     raw_head = getattr(model, "RAW_HEAD", None)
     if raw_head is None:
         return {k: v.numpy() for k, v in out.items()}
-    from export import nms  # here: only raw-head detectors need the exporter's code
-    from export.decode import DecodeSpec, HeadDecoder
+    from attnserve.export import nms  # here: only raw-head detectors need the exporter's code
+    from attnserve.export.decode import DecodeSpec, HeadDecoder
 
     spec = DecodeSpec(**raw_head)
     boxes, scores = HeadDecoder(spec, len(model.class_names), tuple(images.shape[2:]))(out)
@@ -111,13 +110,13 @@ def markdown_report(results: dict[str, dict[str, dict]], count: int) -> str:
         "",
         f"    .venv/bin/{EVAL_COMMAND}",
         "",
-        f"- **held-out**: the training style (`models.scenes.TRAINING`), seed {EVAL_SEED}; training uses",
-        "  seed 1 and validation seed 2.",
-        f"- **shifted**: `models.scenes.SHIFTED`, seed {SHIFTED_SEED}, drawn by a function training never",
-        "  calls: objects up to 60 % of the side (about a third larger than any in training; the",
-        "  classifiers' multi-scale training resizes batches to 80–120 px, so their largest training object",
-        "  spans 54 px, the largest shifted one 58 px of a 96 px input) and, in each scene, at least one",
-        "  (each with even odds) of: four background textures training never sees,",
+        f"- **held-out**: the training style (`attnserve.models.scenes.TRAINING`), seed {EVAL_SEED};",
+        "  training uses seed 1 and validation seed 2.",
+        f"- **shifted**: `attnserve.models.scenes.SHIFTED`, seed {SHIFTED_SEED}, drawn by a function",
+        "  training never calls: objects up to 60 % of the side (about a third larger than any in",
+        "  training; the classifiers' multi-scale training resizes batches to 80–120 px, so their largest",
+        "  training object spans 54 px, the largest shifted one 58 px of a 96 px input) and, in each",
+        "  scene, at least one (each with even odds) of: four background textures training never sees,",
         "  JPEG quality 8–18 (training: 20–95), salt-and-pepper noise on 1–3 % of the pixels (training:",
         "  under 0.4 %), tone curves γ = e^±(0.35–0.6) (training: within e^±0.25), drop shadows.",
         "",
@@ -152,7 +151,7 @@ def markdown_report(results: dict[str, dict[str, dict]], count: int) -> str:
 
 
 def main() -> None:
-    from models.zoo import DEMO_MODELS, demo_checkpoint, load_checkpoint
+    from attnserve.models.zoo import DEMO_MODELS, demo_checkpoint, load_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(

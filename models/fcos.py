@@ -12,11 +12,10 @@ decoding and NMS to the graph (export/decode.py, export/nms.py), so the served m
 
 import torch
 import torch.nn.functional as F
+from attnserve.models.attention import CBAM
+from attnserve.models.backbone import ResNetBackbone
+from attnserve.models.outputs import attention_specs, under
 from torch import nn
-
-from models.attention import CBAM
-from models.backbone import ResNetBackbone
-from models.outputs import attention_specs, under
 
 CLASS_PRIOR = 0.01  # FCOS/RetinaNet's initial foreground probability for the class logits
 

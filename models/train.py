@@ -1,7 +1,7 @@
 """Train a demo model on generated scenes, on CPU, reproducibly.
 
-python -m models.train cbam_classifier            # one of the demo configs in models/zoo.py
-python -m models.train harnet_detector --steps 3000 --out /tmp/det.pt
+python -m attnserve.models.train cbam_classifier            # one of the demo configs in models/zoo.py
+python -m attnserve.models.train harnet_detector --steps 3000 --out /tmp/det.pt
 """
 
 import argparse
@@ -12,13 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
-
-from models.evaluate import evaluate, to_tensor
-from models.fcos import flatten_levels
-from models.metrics import boxes_mask
-from models.scenes import CLASS_NAMES, Scene, generate
-from models.zoo import (
+from attnserve.models.evaluate import evaluate, to_tensor
+from attnserve.models.fcos import flatten_levels
+from attnserve.models.metrics import boxes_mask
+from attnserve.models.scenes import CLASS_NAMES, Scene, generate
+from attnserve.models.zoo import (
     DEMO_MODELS,
     build_model,
     demo_checkpoint,
@@ -26,6 +24,7 @@ from models.zoo import (
     read_checkpoint,
     save_checkpoint,
 )
+from tqdm import tqdm
 
 TRAIN_SEED = 1  # validation and evaluation use other seeds (see models/evaluate.py)
 VAL_SEED = 2
@@ -178,7 +177,7 @@ def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float 
 
 # Weight of the attention guidance against the detection loss: with it the HAR-Net detector's spatial
 # maps learned to cover the objects and its mAP rose (0.954 → 0.972 in one 1200-step stage, by
-# `python -m models.evaluate --checkpoint ... --count 400` on both); unguided, its stride-8 and
+# `python -m attnserve.models.evaluate --checkpoint ... --count 400` on both); unguided, its stride-8 and
 # stride-16 maps were flat fields peaking at the corners
 ATTENTION_GUIDANCE_WEIGHT = 0.5
 

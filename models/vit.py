@@ -21,11 +21,10 @@ is resized bilinearly to the input's patch grid.
 
 import torch
 import torch.nn.functional as F
+from attnserve.models.attention.self_attention import MultiHeadSelfAttention
+from attnserve.models.backbone import ResNetBackbone, conv_bn_relu
+from attnserve.models.outputs import PREDICTION, ROLLOUT, SELF_ATTENTION, SELF_ATTENTION_HEADS, OutputSpec
 from torch import nn
-
-from models.attention.self_attention import MultiHeadSelfAttention
-from models.backbone import ResNetBackbone, conv_bn_relu
-from models.outputs import PREDICTION, ROLLOUT, SELF_ATTENTION, SELF_ATTENTION_HEADS, OutputSpec
 
 RESNET_STEM_WIDTHS = (24, 48, 96)  # the demo classifiers' first three stages
 

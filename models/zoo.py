@@ -3,12 +3,11 @@
 from pathlib import Path
 
 import torch
+from attnserve.models.classifier import AttentionClassifier
+from attnserve.models.detector import HybridAttentionDetector
+from attnserve.models.fcos import DenseAttentionDetector
+from attnserve.models.vit import VisionTransformer
 from torch import nn
-
-from models.classifier import AttentionClassifier
-from models.detector import HybridAttentionDetector
-from models.fcos import DenseAttentionDetector
-from models.vit import VisionTransformer
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "classifier": AttentionClassifier,

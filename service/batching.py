@@ -18,10 +18,9 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
-
-from service.errors import ServiceError
-from service.metrics import Metrics
-from service.runtime import OnnxModel
+from attnserve.service.errors import ServiceError
+from attnserve.service.metrics import Metrics
+from attnserve.service.runtime import OnnxModel
 
 log = logging.getLogger(__name__)
 

@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+from attnserve.service.decoding import Decoded, decode_encoded, decode_raw
+from attnserve.service.errors import ServiceError, invalid
+from attnserve.service.maps import FLOAT16, MODEL_GRID, EncodedMap, ImageView, encode, select
+from attnserve.service.metrics import Metrics
+from attnserve.service.registry import ModelRegistry
+from attnserve.service.settings import Settings
 
 from attnserve.imaging import Placement, fit, to_input
 from attnserve.manifest import CLASSIFICATION, DETECTION, Manifest
-from service.decoding import Decoded, decode_encoded, decode_raw
-from service.errors import ServiceError, invalid
-from service.maps import FLOAT16, MODEL_GRID, EncodedMap, ImageView, encode, select
-from service.metrics import Metrics
-from service.registry import ModelRegistry
-from service.settings import Settings
 
 DEFAULT_TOP_K = 5
 DEFAULT_DETECTION_THRESHOLD = 0.3

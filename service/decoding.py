@@ -7,9 +7,8 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from attnserve.service.errors import invalid
 from PIL import Image, ImageOps, UnidentifiedImageError
-
-from service.errors import invalid
 
 Image.MAX_IMAGE_PIXELS = None  # our own limit (max_pixels) is checked from the header, before decoding
 EXIF_ORIENTATION = 0x0112

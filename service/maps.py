@@ -12,11 +12,11 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+from attnserve.service.errors import invalid
 from PIL import Image
 
 from attnserve.imaging import Placement
 from attnserve.manifest import MAP_KINDS, AttentionOutput, Manifest
-from service.errors import invalid
 
 FLOAT16, PNG_HEATMAP, PNG_OVERLAY = "float16", "png_heatmap", "png_overlay"
 MODEL_GRID, ORIGINAL_IMAGE = "model_grid", "original_image"

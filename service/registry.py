@@ -4,11 +4,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from attnserve.service.batching import Batcher
+from attnserve.service.errors import not_found
+from attnserve.service.runtime import OnnxModel
+from attnserve.service.settings import Settings
+
 from attnserve.manifest import Manifest
-from service.batching import Batcher
-from service.errors import not_found
-from service.runtime import OnnxModel
-from service.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -14,18 +14,18 @@ from importlib.metadata import version
 from pathlib import Path
 
 import grpc
+from attnserve.service.batching import Batcher
+from attnserve.service.dataplane import DataPlane
+from attnserve.service.grpc.inference_v2 import InferenceServicer
+from attnserve.service.grpc.vision import VisionServicer
+from attnserve.service.metrics import Metrics
+from attnserve.service.registry import ModelRegistry, ServedModel, load_repository
+from attnserve.service.settings import Settings
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from attnserve.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
-from attnserve.v1 import vision_pb2, vision_pb2_grpc
-from service.batching import Batcher
-from service.dataplane import DataPlane
-from service.grpc.inference_v2 import InferenceServicer
-from service.grpc.vision import VisionServicer
-from service.metrics import Metrics
-from service.registry import ModelRegistry, ServedModel, load_repository
-from service.settings import Settings
+from attnserve.api.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
+from attnserve.api.v1 import vision_pb2, vision_pb2_grpc
 
 log = logging.getLogger("attnserve")
 VISION_SERVICE = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name

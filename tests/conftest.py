@@ -3,9 +3,9 @@
 from pathlib import Path
 
 import pytest
+from attnserve.export.cli import main as export_main
 
-from export.cli import main as export_main
-from service.process import start_server
+from bench.harness import start_server
 
 
 @pytest.fixture(scope="session")

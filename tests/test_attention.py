@@ -1,8 +1,7 @@
 import pytest
 import torch
-
-from models.attention import ATTENTION_KINDS, CrossLevelChannelAttention, create_attn
-from models.attention.eca import eca_kernel_size
+from attnserve.models.attention import ATTENTION_KINDS, CrossLevelChannelAttention, create_attn
+from attnserve.models.attention.eca import eca_kernel_size
 
 
 @pytest.mark.parametrize("kind", sorted(ATTENTION_KINDS))

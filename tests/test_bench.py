@@ -4,11 +4,11 @@ and stops by itself (by request count or by time). No timing is asserted."""
 import asyncio
 
 import grpc
+from attnserve.client import AsyncVisionClient
 
 from bench.loadgen import run_load
 from bench.report import document, measured_line
 from bench.workloads import TensorCalls, VisionCalls, image_set
-from service.client import AsyncVisionClient
 
 
 def test_load_generator_stops_by_count_and_by_time():

@@ -4,10 +4,9 @@ import io
 
 import numpy as np
 import pytest
+from attnserve.service.decoding import decode_encoded, decode_raw, to_rgb
+from attnserve.service.errors import ServiceError
 from PIL import Image
-
-from service.decoding import decode_encoded, decode_raw, to_rgb
-from service.errors import ServiceError
 
 
 def encoded(im: Image.Image, fmt: str = "PNG", **params) -> bytes:

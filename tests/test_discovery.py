@@ -8,15 +8,15 @@ import onnxruntime as ort
 import pytest
 import torch
 import user_models
+from attnserve.client import VisionClient, map_array
+from attnserve.export.discovery import classify
+from attnserve.export.pipeline import ExportRequest, export_model
+from attnserve.models.evaluate import to_tensor
+from attnserve.models.scenes import generate
+from attnserve.models.zoo import demo_checkpoint, load_checkpoint
 
 from attnserve.manifest import MODEL_FILE, Manifest
-from export.discovery import classify
-from export.pipeline import ExportRequest, export_model
-from models.evaluate import to_tensor
-from models.scenes import generate
-from models.zoo import demo_checkpoint, load_checkpoint
-from service.client import VisionClient, map_array
-from service.process import start_server
+from bench.harness import start_server
 
 STYLES = ["se", "cbam", "eca", "bam", "coord", "coord_joint", "hard_se", "softmax_spatial", "inplace_se",
           "inplace_spatial", "hard_relu6", "hard_clamp", "hard_function", "one_plus", "residual_gate",

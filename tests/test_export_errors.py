@@ -3,9 +3,8 @@ and the repository untouched."""
 
 import pytest
 import torch
-
-from export.cli import main
-from models.zoo import demo_checkpoint
+from attnserve.export.cli import main
+from attnserve.models.zoo import demo_checkpoint
 
 
 @pytest.fixture

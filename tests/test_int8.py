@@ -11,14 +11,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from attnserve.export.cli import main
+from attnserve.export.pipeline import AGREEMENT_SCENES, DEFAULT_MIN_AGREEMENT
 
 from attnserve import cpu
+from attnserve.api.v1 import vision_pb2 as pb
+from attnserve.api.v1 import vision_pb2_grpc
 from attnserve.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
-from attnserve.v1 import vision_pb2 as pb
-from attnserve.v1 import vision_pb2_grpc
-from export.cli import main
-from export.pipeline import AGREEMENT_SCENES, DEFAULT_MIN_AGREEMENT
-from service.process import start_server
+from bench.harness import start_server
 
 # Agreement is measured on AGREEMENT_SCENES (2000) held-out scenes. Calibrated on 64 scenes (the
 # default 256 would make the test slow), eca_classifier agrees on 98.75% and the detector on 99.97%

@@ -1,9 +1,8 @@
 import pytest
 import torch
-
-from models.classifier import AttentionClassifier
-from models.detector import HybridAttentionDetector
-from models.scenes import CLASS_NAMES
+from attnserve.models.classifier import AttentionClassifier
+from attnserve.models.detector import HybridAttentionDetector
+from attnserve.models.scenes import CLASS_NAMES
 
 SMALL = {"widths": (8, 16, 16, 32)}
 

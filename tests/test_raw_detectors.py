@@ -8,18 +8,18 @@ import onnxruntime as ort
 import pytest
 import torch
 import user_detectors
+from attnserve.client import VisionClient, map_array
+from attnserve.export.cli import main as export_main
+from attnserve.export.decode import DecodeSpec
+from attnserve.export.errors import ExportError
+from attnserve.export.import_cli import main as import_main
+from attnserve.export.pipeline import ExportRequest, export_model
+from attnserve.models.evaluate import to_tensor
+from attnserve.models.scenes import detection_scene, generate
 from PIL import Image
 
 from attnserve.manifest import MODEL_FILE, Manifest
-from export.cli import main as export_main
-from export.decode import DecodeSpec
-from export.errors import ExportError
-from export.import_cli import main as import_main
-from export.pipeline import ExportRequest, export_model
-from models.evaluate import to_tensor
-from models.scenes import detection_scene, generate
-from service.client import VisionClient, map_array
-from service.process import start_server
+from bench.harness import start_server
 
 SIZE = 64
 IOU, SCORE, MAX_DETECTIONS = 0.5, 0.05, 100  # the export defaults

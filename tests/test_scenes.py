@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
-
-from models.scenes import (
+from attnserve.models.scenes import (
     APPEARANCE_GROUPS,
     CLASS_NAMES,
     SHIFTED,

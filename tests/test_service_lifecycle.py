@@ -20,17 +20,17 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from attnserve.client import AsyncVisionClient, VisionClient
+from attnserve.models.scenes import classification_scene, detection_scene
+from attnserve.service.batching import Batcher
+from attnserve.service.errors import ServiceError
+from attnserve.service.metrics import Metrics
+from attnserve.service.runtime import OnnxModel
+from attnserve.service.settings import Settings, add_arguments, load
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from models.scenes import classification_scene, detection_scene
-from service.batching import Batcher
-from service.client import AsyncVisionClient, VisionClient
-from service.errors import ServiceError
-from service.metrics import Metrics
-from service.process import start_server
-from service.runtime import OnnxModel
-from service.settings import Settings, add_arguments, load
+from bench.harness import start_server
 
 ROOT = Path(__file__).parent.parent
 
@@ -213,8 +213,8 @@ def test_settings_precedence_file_then_environment_then_flags(tmp_path):
 
 
 GENERATED = {
-    "protos/attnserve/v1/vision.proto": "attnserve/v1/vision",
-    "protos/attnserve/inference/v2/grpc_predict_v2.proto": "attnserve/inference/v2/grpc_predict_v2",
+    "protos/attnserve/api/v1/vision.proto": "attnserve/api/v1/vision",
+    "protos/attnserve/api/inference/v2/grpc_predict_v2.proto": "attnserve/api/inference/v2/grpc_predict_v2",
 }
 
 

@@ -12,17 +12,17 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from attnserve.client import VisionClient, map_array
+from attnserve.export.cli import main as export_main
+from attnserve.models import metrics
+from attnserve.models.attention import MultiHeadSelfAttention
+from attnserve.models.scenes import CLASS_NAMES, classification_scene
+from attnserve.models.vit import VisionTransformer, rollout
+from attnserve.models.zoo import ARCH_PRESETS, build_model
 from PIL import Image
 
 from attnserve.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
-from export.cli import main as export_main
-from models import metrics
-from models.attention import MultiHeadSelfAttention
-from models.scenes import CLASS_NAMES, classification_scene
-from models.vit import VisionTransformer, rollout
-from models.zoo import ARCH_PRESETS, build_model
-from service.client import VisionClient, map_array
-from service.process import start_server
+from bench.harness import start_server
 
 
 def test_self_attention_is_scaled_dot_product_attention_with_its_probabilities():

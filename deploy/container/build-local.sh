@@ -61,7 +61,7 @@ scene="$WORK/scene.png"
 "$ROOT/.venv/bin/python" - "$scene" <<'PY'
 import sys
 from PIL import Image
-from models.scenes import CLASS_NAMES, classification_scene
+from attnserve.models.scenes import CLASS_NAMES, classification_scene
 scene = classification_scene(5000, 1, size=96)
 Image.fromarray(scene.image).resize((384, 384)).save(sys.argv[1])
 print("truth:", CLASS_NAMES[int(scene.labels[0])])

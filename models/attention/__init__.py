@@ -5,14 +5,14 @@ attention maps it computed, keyed by map name. ``MAP_KINDS`` on each class tells
 ``"channel"`` (N×C) or ``"spatial"`` (N×1×H×W at the input's resolution).
 """
 
-from models.attention.cbam import CBAM
-from models.attention.coord import CoordAttention
-from models.attention.create import ATTENTION_KINDS, create_attn
-from models.attention.eca import ECA
-from models.attention.harnet import CrossLevelChannelAttention, DilatedSpatialAttention
-from models.attention.se import SqueezeExcite
-from models.attention.self_attention import MultiHeadSelfAttention
-from models.attention.spatial import SpatialAttention
+from attnserve.models.attention.cbam import CBAM
+from attnserve.models.attention.coord import CoordAttention
+from attnserve.models.attention.create import ATTENTION_KINDS, create_attn
+from attnserve.models.attention.eca import ECA
+from attnserve.models.attention.harnet import CrossLevelChannelAttention, DilatedSpatialAttention
+from attnserve.models.attention.se import SqueezeExcite
+from attnserve.models.attention.self_attention import MultiHeadSelfAttention
+from attnserve.models.attention.spatial import SpatialAttention
 
 __all__ = [
     "ATTENTION_KINDS",

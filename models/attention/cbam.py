@@ -5,10 +5,9 @@ reduction 16; F' = Mc * F. Then the spatial attention of ``spatial.py``: F'' = M
 """
 
 import torch
+from attnserve.models.attention.se import reduced_channels
+from attnserve.models.attention.spatial import SpatialAttention
 from torch import nn
-
-from models.attention.se import reduced_channels
-from models.attention.spatial import SpatialAttention
 
 
 class ChannelGate(nn.Module):

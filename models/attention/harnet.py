@@ -8,9 +8,8 @@ HAR-Net's aligned (deformable) attention needs torchvision and is left out.
 """
 
 import torch
+from attnserve.models.attention.se import reduced_channels
 from torch import nn
-
-from models.attention.se import reduced_channels
 
 
 class DilatedSpatialAttention(nn.Module):

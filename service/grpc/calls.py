@@ -9,10 +9,9 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
-
-from service.errors import ServiceError
-from service.metrics import Metrics
-from service.registry import ModelRegistry
+from attnserve.service.errors import ServiceError
+from attnserve.service.metrics import Metrics
+from attnserve.service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

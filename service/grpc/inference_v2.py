@@ -13,14 +13,14 @@ import struct
 
 import grpc
 import numpy as np
+from attnserve.service.dataplane import DataPlane, ImageInput
+from attnserve.service.errors import ServiceError, invalid
+from attnserve.service.grpc.calls import observed, outcome
+from attnserve.service.metrics import Metrics
+from attnserve.service.registry import ModelRegistry
 
-from attnserve.inference.v2 import grpc_predict_v2_pb2 as pb
-from attnserve.inference.v2 import grpc_predict_v2_pb2_grpc
-from service.dataplane import DataPlane, ImageInput
-from service.errors import ServiceError, invalid
-from service.grpc.calls import observed, outcome
-from service.metrics import Metrics
-from service.registry import ModelRegistry
+from attnserve.api.inference.v2 import grpc_predict_v2_pb2 as pb
+from attnserve.api.inference.v2 import grpc_predict_v2_pb2_grpc
 
 PLATFORM = "onnxruntime_onnx"
 DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.float16): "FP16"}

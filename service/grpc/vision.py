@@ -1,14 +1,15 @@
 """The attnserve.v1 VisionService: proto messages in and out; the work is the data plane's."""
 
+from attnserve.service import maps
+from attnserve.service.dataplane import DataPlane, ImageInput, MapRequest, Prediction
+from attnserve.service.errors import ServiceError, invalid
+from attnserve.service.grpc.calls import observed
+from attnserve.service.metrics import Metrics
+from attnserve.service.registry import ModelRegistry
+
+from attnserve.api.v1 import vision_pb2 as pb
+from attnserve.api.v1 import vision_pb2_grpc
 from attnserve.manifest import CLASSIFICATION, DETECTION
-from attnserve.v1 import vision_pb2 as pb
-from attnserve.v1 import vision_pb2_grpc
-from service import maps
-from service.dataplane import DataPlane, ImageInput, MapRequest, Prediction
-from service.errors import ServiceError, invalid
-from service.grpc.calls import observed
-from service.metrics import Metrics
-from service.registry import ModelRegistry
 
 ENCODINGS = {
     pb.MAP_ENCODING_UNSPECIFIED: maps.FLOAT16,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from attnserve.v1 import vision_pb2 as attnserve_dot_v1_dot_vision__pb2
+from attnserve.api.v1 import vision_pb2 as attnserve_dot_api_dot_v1_dot_vision__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in attnserve/v1/vision_pb2_grpc.py depends on'
+        + ' but the generated code in attnserve/api/v1/vision_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,33 +36,33 @@ class VisionServiceStub:
         """
         self.Classify = channel.unary_unary(
                 '/attnserve.v1.VisionService/Classify',
-                request_serializer=attnserve_dot_v1_dot_vision__pb2.ClassifyRequest.SerializeToString,
-                response_deserializer=attnserve_dot_v1_dot_vision__pb2.ClassifyResponse.FromString,
+                request_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.ClassifyResponse.FromString,
                 _registered_method=True)
         self.Detect = channel.unary_unary(
                 '/attnserve.v1.VisionService/Detect',
-                request_serializer=attnserve_dot_v1_dot_vision__pb2.DetectRequest.SerializeToString,
-                response_deserializer=attnserve_dot_v1_dot_vision__pb2.DetectResponse.FromString,
+                request_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.DetectRequest.SerializeToString,
+                response_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.DetectResponse.FromString,
                 _registered_method=True)
         self.StreamDetect = channel.stream_stream(
                 '/attnserve.v1.VisionService/StreamDetect',
-                request_serializer=attnserve_dot_v1_dot_vision__pb2.DetectRequest.SerializeToString,
-                response_deserializer=attnserve_dot_v1_dot_vision__pb2.DetectResponse.FromString,
+                request_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.DetectRequest.SerializeToString,
+                response_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.DetectResponse.FromString,
                 _registered_method=True)
         self.StreamClassify = channel.stream_stream(
                 '/attnserve.v1.VisionService/StreamClassify',
-                request_serializer=attnserve_dot_v1_dot_vision__pb2.ClassifyRequest.SerializeToString,
-                response_deserializer=attnserve_dot_v1_dot_vision__pb2.ClassifyResponse.FromString,
+                request_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.ClassifyResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/attnserve.v1.VisionService/ListModels',
-                request_serializer=attnserve_dot_v1_dot_vision__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=attnserve_dot_v1_dot_vision__pb2.ListModelsResponse.FromString,
+                request_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/attnserve.v1.VisionService/GetModelInfo',
-                request_serializer=attnserve_dot_v1_dot_vision__pb2.GetModelInfoRequest.SerializeToString,
-                response_deserializer=attnserve_dot_v1_dot_vision__pb2.ModelInfo.FromString,
+                request_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.GetModelInfoRequest.SerializeToString,
+                response_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.ModelInfo.FromString,
                 _registered_method=True)
 
 
@@ -115,33 +115,33 @@ def add_VisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Classify': grpc.unary_unary_rpc_method_handler(
                     servicer.Classify,
-                    request_deserializer=attnserve_dot_v1_dot_vision__pb2.ClassifyRequest.FromString,
-                    response_serializer=attnserve_dot_v1_dot_vision__pb2.ClassifyResponse.SerializeToString,
+                    request_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.ClassifyRequest.FromString,
+                    response_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.ClassifyResponse.SerializeToString,
             ),
             'Detect': grpc.unary_unary_rpc_method_handler(
                     servicer.Detect,
-                    request_deserializer=attnserve_dot_v1_dot_vision__pb2.DetectRequest.FromString,
-                    response_serializer=attnserve_dot_v1_dot_vision__pb2.DetectResponse.SerializeToString,
+                    request_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.DetectRequest.FromString,
+                    response_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.DetectResponse.SerializeToString,
             ),
             'StreamDetect': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamDetect,
-                    request_deserializer=attnserve_dot_v1_dot_vision__pb2.DetectRequest.FromString,
-                    response_serializer=attnserve_dot_v1_dot_vision__pb2.DetectResponse.SerializeToString,
+                    request_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.DetectRequest.FromString,
+                    response_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.DetectResponse.SerializeToString,
             ),
             'StreamClassify': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamClassify,
-                    request_deserializer=attnserve_dot_v1_dot_vision__pb2.ClassifyRequest.FromString,
-                    response_serializer=attnserve_dot_v1_dot_vision__pb2.ClassifyResponse.SerializeToString,
+                    request_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.ClassifyRequest.FromString,
+                    response_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.ClassifyResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=attnserve_dot_v1_dot_vision__pb2.ListModelsRequest.FromString,
-                    response_serializer=attnserve_dot_v1_dot_vision__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.ListModelsRequest.FromString,
+                    response_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.ListModelsResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
-                    request_deserializer=attnserve_dot_v1_dot_vision__pb2.GetModelInfoRequest.FromString,
-                    response_serializer=attnserve_dot_v1_dot_vision__pb2.ModelInfo.SerializeToString,
+                    request_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.GetModelInfoRequest.FromString,
+                    response_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.ModelInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -169,8 +169,8 @@ class VisionService:
             request,
             target,
             '/attnserve.v1.VisionService/Classify',
-            attnserve_dot_v1_dot_vision__pb2.ClassifyRequest.SerializeToString,
-            attnserve_dot_v1_dot_vision__pb2.ClassifyResponse.FromString,
+            attnserve_dot_api_dot_v1_dot_vision__pb2.ClassifyRequest.SerializeToString,
+            attnserve_dot_api_dot_v1_dot_vision__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -196,8 +196,8 @@ class VisionService:
             request,
             target,
             '/attnserve.v1.VisionService/Detect',
-            attnserve_dot_v1_dot_vision__pb2.DetectRequest.SerializeToString,
-            attnserve_dot_v1_dot_vision__pb2.DetectResponse.FromString,
+            attnserve_dot_api_dot_v1_dot_vision__pb2.DetectRequest.SerializeToString,
+            attnserve_dot_api_dot_v1_dot_vision__pb2.DetectResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -223,8 +223,8 @@ class VisionService:
             request_iterator,
             target,
             '/attnserve.v1.VisionService/StreamDetect',
-            attnserve_dot_v1_dot_vision__pb2.DetectRequest.SerializeToString,
-            attnserve_dot_v1_dot_vision__pb2.DetectResponse.FromString,
+            attnserve_dot_api_dot_v1_dot_vision__pb2.DetectRequest.SerializeToString,
+            attnserve_dot_api_dot_v1_dot_vision__pb2.DetectResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -250,8 +250,8 @@ class VisionService:
             request_iterator,
             target,
             '/attnserve.v1.VisionService/StreamClassify',
-            attnserve_dot_v1_dot_vision__pb2.ClassifyRequest.SerializeToString,
-            attnserve_dot_v1_dot_vision__pb2.ClassifyResponse.FromString,
+            attnserve_dot_api_dot_v1_dot_vision__pb2.ClassifyRequest.SerializeToString,
+            attnserve_dot_api_dot_v1_dot_vision__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -277,8 +277,8 @@ class VisionService:
             request,
             target,
             '/attnserve.v1.VisionService/ListModels',
-            attnserve_dot_v1_dot_vision__pb2.ListModelsRequest.SerializeToString,
-            attnserve_dot_v1_dot_vision__pb2.ListModelsResponse.FromString,
+            attnserve_dot_api_dot_v1_dot_vision__pb2.ListModelsRequest.SerializeToString,
+            attnserve_dot_api_dot_v1_dot_vision__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -304,8 +304,8 @@ class VisionService:
             request,
             target,
             '/attnserve.v1.VisionService/GetModelInfo',
-            attnserve_dot_v1_dot_vision__pb2.GetModelInfoRequest.SerializeToString,
-            attnserve_dot_v1_dot_vision__pb2.ModelInfo.FromString,
+            attnserve_dot_api_dot_v1_dot_vision__pb2.GetModelInfoRequest.SerializeToString,
+            attnserve_dot_api_dot_v1_dot_vision__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,8 +13,8 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from attnserve.v1 import vision_pb2 as pb
-from attnserve.v1 import vision_pb2_grpc
+from attnserve.api.v1 import vision_pb2 as pb
+from attnserve.api.v1 import vision_pb2_grpc
 
 ImageLike = bytes | str | Path | np.ndarray | Image.Image
 ENCODINGS = {"float16": pb.MAP_ENCODING_FLOAT16, "png_heatmap": pb.MAP_ENCODING_PNG_HEATMAP,

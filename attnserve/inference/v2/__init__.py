@@ -1,1 +1,0 @@
-"""Generated from protos/attnserve/inference/v2/grpc_predict_v2.proto by `make protos`; do not edit."""
