@@ -1,19 +1,40 @@
-"""Fitting an image to a model's input size, and mapping model coordinates back to the image.
+"""A decoded image made upright 8-bit RGB, fitted to a model's input size, and model coordinates mapped
+back to the image.
 
-The exporter (calibration and test images) and the server (every request) both fit images here, so a
-model is verified on exactly the pixels it will be served.
+The exporter (calibration and test images) and the server (every request) both convert and fit images
+here, so a model is verified on exactly the pixels it will be served.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 RESIZE = "resize"  # stretch to the input size (aspect ratio not kept)
 CENTER_CROP = "center_crop"  # scale the shorter side to cover the input, crop the centre
 LETTERBOX = "letterbox"  # scale the longer side to fit, pad the rest with grey
 RESIZE_POLICIES = (RESIZE, CENTER_CROP, LETTERBOX)
 LETTERBOX_FILL = (114, 114, 114)
+
+
+def upright_rgb(im: Image.Image) -> Image.Image:
+    """A decoded image as the models see it: EXIF orientation applied, then ``to_rgb``."""
+    return to_rgb(ImageOps.exif_transpose(im))
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode as 8-bit RGB: 16-bit and 32-bit greyscale scaled down, transparency over white."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or values.max() > 255 else 255.0
+        return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
 @dataclass(frozen=True)

@@ -23,25 +23,19 @@ PREDICTION_OUTPUTS = {
     DETECTION: ("boxes", "scores", "classes"),  # boxes: x1, y1, x2, y2 in input pixels
 }
 
-# Kinds of attention output. spatial: N×1×H×W; channel: N×C; cam: N×classes×H×W; full: N×C×H×W;
-# axis_h: N×C×H×1 and axis_w: N×C×1×W (coordinate attention's two directional gates, triplet attention's
-# height×channel and channel×width planes);
-# self_attention: N×1×H×W, one transformer block's class-token attention over the patch grid, averaged
-# over heads; self_attention_heads: N×heads×H×W, the same per head;
-# rollout: N×1×H×W, attention rollout over every block (Abnar & Zuidema 2020).
-MAP_KINDS = (
-    "spatial",
-    "channel",
-    "cam",
-    "full",
-    "axis_h",
-    "axis_w",
-    "self_attention",
-    "self_attention_heads",
-    "rollout",
-)
-
 PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def model_dirs(repository: Path) -> list[Path]:
+    """The repository's NAME folders, by name; hidden ones (an export's staging folder) skipped."""
+    return sorted(p for p in Path(repository).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def version_numbers(model_dir: Path) -> list[int]:
+    """One model's VERSION folders (whole numbers), ascending; none if it has no folder."""
+    if not Path(model_dir).is_dir():
+        return []
+    return sorted(int(p.name) for p in Path(model_dir).iterdir() if p.is_dir() and p.name.isdigit())
 
 
 @dataclass
@@ -63,7 +57,7 @@ class InputSpec:
 @dataclass
 class AttentionOutput:
     name: str  # the ONNX output name
-    kind: str  # one of MAP_KINDS
+    kind: str  # one of attnserve.maps.MAP_KINDS
     source: str  # the PyTorch module that computes it, as in named_modules()
     origin: str  # "declared" by the model, or "discovered" in the graph
     shape: list[int]  # at batch 1 and the model's input size

@@ -19,11 +19,11 @@ from importlib.metadata import version
 from pathlib import Path
 
 import grpc
+
 from attnserve.client import AsyncVisionClient
 from attnserve.export.cli import main as export_main
-from attnserve.models.outputs import ROLLOUT
-
 from attnserve.manifest import MANIFEST_FILE, Manifest
+from attnserve.models.outputs import ROLLOUT
 from bench import limits, report
 from bench.harness import start_server
 from bench.loadgen import run_load

@@ -43,8 +43,11 @@ class ServerProcess:
         return self.process.wait(timeout)
 
 
-def start_server(repository: Path, log_path: Path, *args: str, timeout: float = 60) -> ServerProcess:
-    """``attnserve serve`` on free loopback ports; returns once health says SERVING."""
+def start_server(
+    repository: Path, log_path: Path, *args: str, timeout: float = 60, until_serving: bool = True
+) -> ServerProcess:
+    """``attnserve serve`` on free loopback ports; returns once health says SERVING (or, without
+    ``until_serving``, as soon as it answers health checks at all: models may still be loading)."""
     # one inference thread unless ``args`` say otherwise (a later flag wins)
     command = [str(Path(sys.executable).with_name("attnserve")), "serve", "--repository", str(repository),
                "--host", "127.0.0.1", "--port", "0", "--metrics-host", "127.0.0.1", "--metrics-port", "0",
@@ -59,7 +62,7 @@ def start_server(repository: Path, log_path: Path, *args: str, timeout: float = 
         if match:
             server = ServerProcess(process, int(match.group(1)), int(match.group(2)), log_path)
             try:
-                if server.health() == health_pb2.HealthCheckResponse.SERVING:
+                if server.health() == health_pb2.HealthCheckResponse.SERVING or not until_serving:
                     return server
             except grpc.RpcError:
                 pass

@@ -69,6 +69,7 @@ def onnx_limit(
 def torch_eager(arch: str, images: np.ndarray, threads: int, batches: list[int], seconds: float) -> dict:
     """The same architecture and weights in PyTorch eager (what a user without an export stage runs)."""
     import torch  # only here: the rest of the harness and the server never need it
+
     from attnserve.export.sources import from_arch
 
     torch.set_num_threads(threads)

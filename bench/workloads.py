@@ -9,15 +9,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 import onnxruntime as ort
-from attnserve.client import AsyncVisionClient
-from attnserve.models.scenes import classification_scene
-from attnserve.service.decoding import decode_encoded
 from PIL import Image
 from tritonclient.grpc import service_pb2 as v2  # the Open Inference Protocol's messages
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
+from attnserve.client import AsyncVisionClient
 from attnserve.imaging import fit, to_input
 from attnserve.manifest import MODEL_FILE, Manifest
+from attnserve.models.scenes import classification_scene
+from attnserve.service.decoding import decode_encoded
 
 TOLERANCE = 1e-3  # batched and single inference differ in the last bits: near-ties may swap
 

@@ -17,9 +17,6 @@ from attnserve.api.v1 import vision_pb2 as pb
 from attnserve.api.v1 import vision_pb2_grpc
 
 ImageLike = bytes | str | Path | np.ndarray | Image.Image
-ENCODINGS = {"float16": pb.MAP_ENCODING_FLOAT16, "png_heatmap": pb.MAP_ENCODING_PNG_HEATMAP,
-             "png_overlay": pb.MAP_ENCODING_PNG_OVERLAY}  # fmt: skip
-GEOMETRIES = {"model_grid": pb.MAP_GEOMETRY_MODEL_GRID, "original_image": pb.MAP_GEOMETRY_ORIGINAL_IMAGE}
 DEFAULT_MAX_MESSAGE_MB = 64
 
 
@@ -40,7 +37,22 @@ def image_message(image: ImageLike) -> pb.Image:
 def map_options(
     select: Sequence[str] = (), encoding: str = "float16", geometry: str = "model_grid"
 ) -> pb.MapOptions:
-    return pb.MapOptions(select=list(select), encoding=ENCODINGS[encoding], geometry=GEOMETRIES[geometry])
+    """``encoding`` and ``geometry`` by name (attnserve.maps.ENCODINGS, GEOMETRIES), each sent as the wire
+    enum of the same name."""
+    return pb.MapOptions(
+        select=list(select),
+        encoding=_enum(pb.MapEncoding, "MAP_ENCODING_", encoding),
+        geometry=_enum(pb.MapGeometry, "MAP_GEOMETRY_", geometry),
+    )
+
+
+def _enum(enum, prefix: str, name: str) -> int:
+    try:
+        return enum.Value(prefix + name.upper())
+    except ValueError:
+        names = enum.DESCRIPTOR.values_by_name
+        known = [n.removeprefix(prefix).lower() for n in names if not n.endswith("UNSPECIFIED")]
+        raise ValueError(f"unknown map {prefix[4:-1].lower()} {name!r}; one of {', '.join(known)}") from None
 
 
 def classify_request(

@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import grpc
-from attnserve.client.clients import VisionClient
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from PIL import Image, ImageDraw
+
+from attnserve.client.clients import VisionClient
+from attnserve.maps import CAM, CHANNEL, ROLLOUT, SELF_ATTENTION, SPATIAL
 
 
 def main(argv: list[str]) -> int:
@@ -86,7 +88,7 @@ def _int64_as_numbers(message: Message, data: dict) -> None:
 
 
 # The overlays written when --maps is not given: the first of these the model has
-DEFAULT_OVERLAYS = (["cam"], ["rollout", "self_attention"], ["spatial"])  # a transformer: rollout and blocks
+DEFAULT_OVERLAYS = ([CAM], [ROLLOUT, SELF_ATTENTION], [SPATIAL])  # a transformer: rollout and blocks
 
 
 def _default_overlay_maps(info) -> list[str]:
@@ -107,7 +109,7 @@ def _write_overlays(folder: Path, images: list[Path], results, task: str) -> lis
     written = []
     for path, result in zip(images, results, strict=True):
         for m in result.maps:
-            if m.kind == "channel":
+            if m.kind == CHANNEL:
                 continue
             overlay = Image.open(io.BytesIO(m.data)).convert("RGB")
             if task == "detection":  # the boxes too, so the map can be read against them

@@ -8,9 +8,9 @@ turns into final detections in the graph (export/nms.py).
 """
 
 import torch
-from attnserve.export.errors import ExportError
 from torch import nn
 
+from attnserve.export.errors import ExportError
 from attnserve.manifest import CLASSIFICATION, PREDICTION_OUTPUTS
 
 INPUT_NAME = "images"

@@ -9,11 +9,12 @@ the exporter's PyTorch decoder, run on the original graph's outputs, is the impo
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper
+
 from attnserve.export.adapter import CANDIDATE_OUTPUTS
 from attnserve.export.decode import DecodeSpec
 from attnserve.export.errors import ExportError
 from attnserve.export.graph import GraphWriter
-from onnx import TensorProto, helper
 
 CANDIDATE_BOXES, CANDIDATE_SCORES = CANDIDATE_OUTPUTS
 PREFIX = "attnserve/decode"

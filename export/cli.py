@@ -34,10 +34,9 @@ from attnserve.export.pipeline import (
 )
 from attnserve.export.repository import versions
 from attnserve.export.verify import agreement_value
-from attnserve.models.zoo import ARCH_PRESETS
-
 from attnserve.imaging import RESIZE_POLICIES
 from attnserve.manifest import PRECISIONS, TASKS
+from attnserve.models.zoo import ARCH_PRESETS
 
 
 def build_parser() -> argparse.ArgumentParser:

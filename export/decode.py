@@ -22,9 +22,10 @@ needs: ``sigmoid`` for logits, ``softmax`` over classes, or ``none``), times obj
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import nn
+
 from attnserve.export.adapter import describe
 from attnserve.export.errors import ExportError
-from torch import nn
 
 LAYOUTS = ("candidates", "dense")
 BOX_FORMATS = ("xyxy", "cxcywh")

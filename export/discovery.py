@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
 from attnserve.export.adapter import INPUT_NAME, MODEL_ATTR
 from attnserve.export.capture import GateRecord
 from attnserve.export.graph import constant_values
-from onnx import TensorProto, helper, numpy_helper
+from attnserve.maps import AXIS_H, AXIS_W, CHANNEL, FULL, SPATIAL
 
 GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax"}
 PASS_THROUGH = {"Reshape", "Unsqueeze", "Squeeze", "Expand", "Flatten", "Transpose", "Identity", "Cast"}
@@ -278,20 +280,20 @@ def classify(gate: tuple[int, ...], feature: tuple[int, ...]) -> str:
     _, c, h, w = feature
     if len(gate) == 4:  # where its 1s are says which axes it spans, even when H == W or C == H·W
         spans = {
-            (c, h, w): "full",
-            (c, 1, 1): "channel",
-            (1, h, w): "spatial",
-            (c, h, 1): "axis_h",
-            (c, 1, w): "axis_w",
+            (c, h, w): FULL,
+            (c, 1, 1): CHANNEL,
+            (1, h, w): SPATIAL,
+            (c, h, 1): AXIS_H,
+            (c, 1, w): AXIS_W,
         }
         return spans.get(tuple(gate[1:]), "")
     dims = [d for d in gate[1:] if d != 1]  # flattened gates: N×C, N×1×C, N×H·W, N×C×H·W
     if dims == [c]:  # with C == H·W a flat gate is far more often a channel gate
-        return "channel"
+        return CHANNEL
     if dims in ([h * w], [h, w]):
-        return "spatial"
+        return SPATIAL
     if dims in ([c, h * w], [c, h, w]):
-        return "full"
+        return FULL
     return ""
 
 
@@ -349,11 +351,11 @@ def _canonical_shape(gate: Gate) -> tuple[int, ...]:
     """The map's shape without the batch: channel C; spatial 1×H×W; full C×H×W; axes C×H×1 / C×1×W."""
     _, c, h, w = gate.feature_shape
     return {
-        "channel": (c,),
-        "spatial": (1, h, w),
-        "full": (c, h, w),
-        "axis_h": (c, h, 1),
-        "axis_w": (c, 1, w),
+        CHANNEL: (c,),
+        SPATIAL: (1, h, w),
+        FULL: (c, h, w),
+        AXIS_H: (c, h, 1),
+        AXIS_W: (c, 1, w),
     }[gate.kind]
 
 
@@ -371,21 +373,21 @@ def _maps_for(gates: list[Gate]) -> list[PromotedMap]:
 
     for gate in gates:
         maps.append(PromotedMap(name_for(gate.source, gate.kind), gate.kind, gate.source, [gate]))
-        if gate.kind == "full":
+        if gate.kind == FULL:
             maps.append(
-                PromotedMap(name_for(gate.source, "spatial"), "spatial", gate.source, [gate], "channel_mean")
+                PromotedMap(name_for(gate.source, SPATIAL), SPATIAL, gate.source, [gate], "channel_mean")
             )
     by_source = defaultdict(dict)
     for gate in gates:
-        if gate.kind in ("axis_h", "axis_w"):
+        if gate.kind in (AXIS_H, AXIS_W):
             by_source[gate.source].setdefault(gate.kind, gate)
     for source, pair in by_source.items():
         if len(pair) == 2:
-            gates_hw = [pair["axis_h"], pair["axis_w"]]
-            maps.append(PromotedMap(name_for(source, "spatial"), "spatial", source, gates_hw, "axis_product"))
+            gates_hw = [pair[AXIS_H], pair[AXIS_W]]
+            maps.append(PromotedMap(name_for(source, SPATIAL), SPATIAL, source, gates_hw, "axis_product"))
     for m in maps:
         _, c, h, w = m.gates[0].feature_shape
-        m.shape = [1, c] if m.kind == "channel" else [1, *_canonical_shape(m.gates[0])]
+        m.shape = [1, c] if m.kind == CHANNEL else [1, *_canonical_shape(m.gates[0])]
         if m.derived:
             m.shape = [1, 1, h, w]
     return maps

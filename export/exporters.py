@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+
 from attnserve.export.adapter import INPUT_NAME, ExportAdapter
 from attnserve.export.errors import ExportError
 

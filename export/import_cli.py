@@ -21,7 +21,6 @@ from attnserve.export.importer import (
     ImportRequest,
     import_model,
 )
-
 from attnserve.imaging import RESIZE_POLICIES
 from attnserve.manifest import TASKS
 

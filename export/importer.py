@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx import TensorProto, helper
+
 from attnserve.export import nms, repository, samples
 from attnserve.export.adapter import INPUT_NAME
 from attnserve.export.candidates_graph import append_candidates
@@ -39,8 +41,6 @@ from attnserve.export.exporters import first_line
 from attnserve.export.graph import GraphWriter, constant_values
 from attnserve.export.pipeline import attention_outputs, library_versions
 from attnserve.export.verify import check_batch_sizes, check_graph, parity, run_onnx
-from onnx import TensorProto, helper
-
 from attnserve.imaging import LETTERBOX, RESIZE
 from attnserve.manifest import (
     CLASSIFICATION,

@@ -14,11 +14,11 @@ suppressing), for the export's parity check.
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper
+
 from attnserve.export.adapter import CANDIDATE_OUTPUTS
 from attnserve.export.decode import DecodeSpec
 from attnserve.export.graph import GraphWriter
-from onnx import TensorProto, helper
-
 from attnserve.manifest import DETECTION, PREDICTION_OUTPUTS
 
 CANDIDATE_BOXES, CANDIDATE_SCORES = CANDIDATE_OUTPUTS

@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 import onnxruntime
 import torch
+
+from attnserve import cpu
 from attnserve.export import nms, quantize, repository, samples
 from attnserve.export.adapter import CANDIDATE_OUTPUTS, INPUT_NAME, ExportAdapter
 from attnserve.export.capture import ExplicitAttention, GateRecorder
@@ -32,10 +34,6 @@ from attnserve.export.verify import (
     run_onnx,
     run_torch,
 )
-from attnserve.models.outputs import PREDICTION
-from attnserve.models.zoo import DEMO_MODELS
-
-from attnserve import cpu
 from attnserve.imaging import LETTERBOX, RESIZE, RESIZE_POLICIES
 from attnserve.manifest import (
     CLASSIFICATION,
@@ -46,6 +44,9 @@ from attnserve.manifest import (
     InputSpec,
     Manifest,
 )
+from attnserve.maps import CHANNEL
+from attnserve.models.outputs import PREDICTION
+from attnserve.models.zoo import DEMO_MODELS
 
 ATTENTION_MODES = ("auto", "declared", "none")
 PARITY_SCENES, PARITY_NOISE = 16, 8
@@ -366,7 +367,7 @@ def attention_outputs(proto, sample, declared, discovered, size) -> list[Attenti
             AttentionOutput(spec.name, spec.kind, spec.source, "declared", shape, spec.stride, grid)
         )
     for m in discovered:
-        grid = m.shape[2:] if m.kind != "channel" else None
+        grid = m.shape[2:] if m.kind != CHANNEL else None
         # an axis map's grid is 1 along the axis it pools: its stride is the other axis's
         stride = min(side / cells for side, cells in zip(size, grid, strict=True)) if grid else None
         outputs.append(AttentionOutput(m.name, m.kind, m.source, "discovered", m.shape, stride, grid))

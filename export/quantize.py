@@ -6,8 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from attnserve.export.adapter import INPUT_NAME
-from attnserve.export.exporters import quiet
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -19,6 +17,9 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
 from onnxruntime.transformers.onnx_model import OnnxModel
 from tqdm import tqdm
+
+from attnserve.export.adapter import INPUT_NAME
+from attnserve.export.exporters import quiet
 
 CALIBRATION_BATCH = 8
 

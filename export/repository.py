@@ -7,15 +7,11 @@ import tempfile
 from pathlib import Path
 
 from attnserve.export.errors import ExportError
-
-from attnserve.manifest import MANIFEST_FILE, MODEL_FILE
+from attnserve.manifest import MANIFEST_FILE, MODEL_FILE, version_numbers
 
 
 def versions(repository: Path, name: str) -> list[int]:
-    folder = Path(repository) / name
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    return version_numbers(Path(repository) / name)
 
 
 def next_version(repository: Path, name: str) -> int:

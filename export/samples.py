@@ -1,15 +1,15 @@
 """Images the exporter runs the model on: generated scenes, uniform noise, or a folder of the user's images,
-all fitted to the model's input by the same code the server uses (attnserve.imaging)."""
+all converted to RGB and fitted to the model's input by the same code the server uses (attnserve.imaging)."""
 
 from pathlib import Path
 
 import numpy as np
-from attnserve.export.errors import ExportError
-from attnserve.models.scenes import generate
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from attnserve.imaging import fit, to_input
+from attnserve.export.errors import ExportError
+from attnserve.imaging import fit, to_input, upright_rgb
 from attnserve.manifest import DETECTION
+from attnserve.models.scenes import generate
 
 VERIFY_SEED = 4242  # held out from training (seeds 1, 2) and evaluation (1000)
 CALIBRATION_SEED = 77
@@ -39,7 +39,7 @@ def folder_images(folder: Path, size: tuple[int, int], resize: str, limit: int) 
     for path in files[:limit]:
         try:
             with Image.open(path) as im:
-                rgb = ImageOps.exif_transpose(im).convert("RGB")
+                rgb = upright_rgb(im)
         except (OSError, UnidentifiedImageError):
             continue
         images.append(fit(rgb, *size, resize)[0])

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import torch
+from onnx import TensorProto, helper
+
 from attnserve.export.capture import GateRecord
 from attnserve.export.discovery import PASS_THROUGH, match_record, node_scope, probe
 from attnserve.export.graph import GraphWriter
 from attnserve.models.outputs import ROLLOUT, SELF_ATTENTION, SELF_ATTENTION_HEADS
 from attnserve.models.vit import rollout
-from onnx import TensorProto, helper
 
 MAX_LEADING_TOKENS = 8  # a class token, a distillation token and up to six registers
 ATTENDING_OPS = {"MatMul", "Einsum"}

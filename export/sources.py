@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from attnserve.export.errors import ExportError
+from attnserve.manifest import CLASSIFICATION, DETECTION
 from attnserve.models import zoo
 from attnserve.models.outputs import OutputSpec
 from attnserve.models.scenes import CLASS_NAMES
-from torch import nn
-
-from attnserve.manifest import CLASSIFICATION, DETECTION
 
 
 @dataclass

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 import torch
+
 from attnserve.export.adapter import INPUT_NAME, ExportAdapter
 from attnserve.export.capture import ExplicitAttention, GateRecorder
 from attnserve.export.discovery import PromotedMap, cpu_session
 from attnserve.export.errors import ExportError
 from attnserve.export.self_attention import AttentionMap
-
 from attnserve.manifest import CLASSIFICATION
 
 PARITY_TOLERANCE = 1e-4

@@ -4,9 +4,10 @@ Attention sits where SE and CBAM place it: on the residual branch after its last
 """
 
 import torch
+from torch import nn
+
 from attnserve.models.attention import create_attn
 from attnserve.models.outputs import OutputSpec, attention_specs
-from torch import nn
 
 
 def conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:

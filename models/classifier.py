@@ -7,9 +7,10 @@ computed once and the logits are read from it.
 """
 
 import torch
+from torch import nn
+
 from attnserve.models.backbone import ResNetBackbone
 from attnserve.models.outputs import CAM, PREDICTION, OutputSpec, under
-from torch import nn
 
 
 class AttentionClassifier(nn.Module):

@@ -10,10 +10,11 @@ max-pool peak test, TopK, box math), so the model emits final boxes, scores and 
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from attnserve.models.attention import CrossLevelChannelAttention, DilatedSpatialAttention
 from attnserve.models.backbone import ResNetBackbone
 from attnserve.models.outputs import PREDICTION, OutputSpec, attention_specs, under
-from torch import nn
 
 HEATMAP_PRIOR_BIAS = -2.19  # sigmoid(-2.19) ≈ 0.1, CenterNet's initial heatmap prior
 

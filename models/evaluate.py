@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from attnserve.models import metrics
 from attnserve.models.outputs import CAM, ROLLOUT, SELF_ATTENTION, SPATIAL
 from attnserve.models.scenes import generate
 from attnserve.models.zoo import is_detector
-from torch import nn
 
 EVAL_SEED = 1000  # held out: training uses seed 1, validation seed 2
 SHIFTED_SEED = 2000

@@ -12,10 +12,11 @@ decoding and NMS to the graph (export/decode.py, export/nms.py), so the served m
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from attnserve.models.attention import CBAM
 from attnserve.models.backbone import ResNetBackbone
 from attnserve.models.outputs import attention_specs, under
-from torch import nn
 
 CLASS_PRIOR = 0.01  # FCOS/RetinaNet's initial foreground probability for the class logits
 

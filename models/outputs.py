@@ -2,14 +2,11 @@
 
 from dataclasses import dataclass, replace
 
-# kinds of output: predictions, and the kinds of attention map a model declares
+from attnserve.maps import CAM, CHANNEL, ROLLOUT, SELF_ATTENTION, SELF_ATTENTION_HEADS, SPATIAL
+
+# kinds of output: predictions, and the kinds of attention map (attnserve.maps) a model declares
 PREDICTION = "prediction"
-SPATIAL = "spatial"  # N×1×H×W, values in [0, 1]
-CHANNEL = "channel"  # N×C, values in [0, 1]
-CAM = "cam"  # N×classes×H×W class activation map, unnormalised
-SELF_ATTENTION = "self_attention"  # N×1×H×W: one block's class-token attention over the patch grid
-SELF_ATTENTION_HEADS = "self_attention_heads"  # N×heads×H×W: the same, one plane per head
-ROLLOUT = "rollout"  # N×1×H×W: attention rollout over every block, on the patch grid
+__all__ = ["CAM", "CHANNEL", "PREDICTION", "ROLLOUT", "SELF_ATTENTION", "SELF_ATTENTION_HEADS", "SPATIAL"]
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
+
 from attnserve.models.evaluate import evaluate, to_tensor
 from attnserve.models.fcos import flatten_levels
 from attnserve.models.metrics import boxes_mask
@@ -24,7 +26,6 @@ from attnserve.models.zoo import (
     read_checkpoint,
     save_checkpoint,
 )
-from tqdm import tqdm
 
 TRAIN_SEED = 1  # validation and evaluation use other seeds (see models/evaluate.py)
 VAL_SEED = 2

@@ -21,10 +21,11 @@ is resized bilinearly to the input's patch grid.
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from attnserve.models.attention.self_attention import MultiHeadSelfAttention
 from attnserve.models.backbone import ResNetBackbone, conv_bn_relu
 from attnserve.models.outputs import PREDICTION, ROLLOUT, SELF_ATTENTION, SELF_ATTENTION_HEADS, OutputSpec
-from torch import nn
 
 RESNET_STEM_WIDTHS = (24, 48, 96)  # the demo classifiers' first three stages
 

@@ -3,11 +3,12 @@
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from attnserve.models.classifier import AttentionClassifier
 from attnserve.models.detector import HybridAttentionDetector
 from attnserve.models.fcos import DenseAttentionDetector
 from attnserve.models.vit import VisionTransformer
-from torch import nn
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "classifier": AttentionClassifier,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
+
 from attnserve.service.errors import ServiceError
 from attnserve.service.metrics import Metrics
 from attnserve.service.runtime import OnnxModel

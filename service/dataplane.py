@@ -14,15 +14,17 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
-from attnserve.service.decoding import Decoded, decode_encoded, decode_raw
-from attnserve.service.errors import ServiceError, invalid
-from attnserve.service.maps import FLOAT16, MODEL_GRID, EncodedMap, ImageView, encode, select
-from attnserve.service.metrics import Metrics
-from attnserve.service.registry import ModelRegistry
-from attnserve.service.settings import Settings
 
 from attnserve.imaging import Placement, fit, to_input
 from attnserve.manifest import CLASSIFICATION, DETECTION, Manifest
+from attnserve.maps import FLOAT16, MODEL_GRID
+from attnserve.service.decoding import Decoded, decode_encoded, decode_raw
+from attnserve.service.errors import ServiceError, invalid
+from attnserve.service.maps import EncodedMap, ImageView, encode, select
+from attnserve.service.metrics import Metrics
+from attnserve.service.readiness import Readiness
+from attnserve.service.registry import ModelRegistry
+from attnserve.service.settings import Settings
 
 DEFAULT_TOP_K = 5
 DEFAULT_DETECTION_THRESHOLD = 0.3
@@ -89,8 +91,7 @@ class DataPlane:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
-        self.ready = False  # every model loaded and warm
-        self.shutting_down = False
+        self.readiness = Readiness()
         self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
 
     async def predict(
@@ -192,8 +193,16 @@ class DataPlane:
             served.batcher.withdraw()
             raise
 
+    def model_ready(self, model: str, version: int) -> bool:
+        """Whether ``model`` (``version``, 0: the latest) is loaded and the server not draining."""
+        try:
+            served = self.registry.get(model, version)
+        except ServiceError:
+            return False
+        return self.readiness.model_ready(served.manifest.name)
+
     def _served(self, model: str, version: int):
-        if self.shutting_down:
+        if not self.readiness.accepting_calls:
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica"
             )

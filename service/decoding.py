@@ -1,14 +1,17 @@
-"""Turning request bytes into RGB images: every common format, EXIF orientation applied, any mode
-converted to RGB, large JPEGs decoded near the model's size (draft mode), and guards against empty,
-truncated, unreadable and decompression-bomb images."""
+"""Turning request bytes into RGB images: every common format, EXIF orientation applied and any mode
+converted to RGB as the exporter does (attnserve.imaging.upright_rgb), large JPEGs decoded near the
+model's size (draft mode), and guards against empty, truncated, unreadable and decompression-bomb
+images."""
 
 import io
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from attnserve.imaging import upright_rgb
 from attnserve.service.errors import invalid
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 Image.MAX_IMAGE_PIXELS = None  # our own limit (max_pixels) is checked from the header, before decoding
 EXIF_ORIENTATION = 0x0112
@@ -51,7 +54,7 @@ def decode_encoded(data: bytes, index: int, target: tuple[int, int], max_pixels:
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise invalid(f"image {index} could not be decoded: {exc}") from None
-    return Decoded(to_rgb(ImageOps.exif_transpose(im)), width, height)
+    return Decoded(upright_rgb(im), width, height)
 
 
 def decode_raw(rgb: bytes, height: int, width: int, index: int, max_pixels: int) -> Decoded:
@@ -66,18 +69,3 @@ def decode_raw(rgb: bytes, height: int, width: int, index: int, max_pixels: int)
             f"raw image {index}: {height}×{width}×3 RGB needs {height * width * 3} bytes, got {len(rgb)}"
         )
     return Decoded(Image.fromarray(np.frombuffer(rgb, np.uint8).reshape(height, width, 3)), width, height)
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow mode as 8-bit RGB: 16-bit and 32-bit greyscale scaled down, transparency over white."""
-    if im.mode == "RGB":
-        return im
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or values.max() > 255 else 255.0
-        return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV

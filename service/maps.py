@@ -12,15 +12,26 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from attnserve.service.errors import invalid
 from PIL import Image
 
 from attnserve.imaging import Placement
-from attnserve.manifest import MAP_KINDS, AttentionOutput, Manifest
+from attnserve.manifest import AttentionOutput, Manifest
+from attnserve.maps import (
+    ALL,
+    CAM,
+    CHANNEL,
+    FLOAT16,
+    MAP_KINDS,
+    MODEL_GRID,
+    ORIGINAL_IMAGE,
+    PNG_HEATMAP,
+    ROLLOUT,
+    SELF_ATTENTION,
+    SELF_ATTENTION_HEADS,
+    SPATIAL,
+)
+from attnserve.service.errors import invalid
 
-FLOAT16, PNG_HEATMAP, PNG_OVERLAY = "float16", "png_heatmap", "png_overlay"
-MODEL_GRID, ORIGINAL_IMAGE = "model_grid", "original_image"
-ALL = "all"
 OVERLAY_OPACITY = 0.5
 # a perceptually ordered blue → cyan → yellow → red ramp, so a person can read the overlay
 _RAMP = np.array(
@@ -74,7 +85,7 @@ def encode(
     output: AttentionOutput, value: np.ndarray, encoding: str, geometry: str, view: ImageView, top_class: int
 ) -> EncodedMap:
     """``value``: one image's map without the batch axis, as the graph computes it."""
-    if output.kind == "channel":
+    if output.kind == CHANNEL:
         return _encoded(output, value.astype("<f2"), FLOAT16, MODEL_GRID)
     if encoding == FLOAT16 and geometry == MODEL_GRID:
         return _encoded(output, value.astype("<f2"), FLOAT16, MODEL_GRID)
@@ -109,11 +120,11 @@ def overlay(background: Image.Image, heat: np.ndarray) -> Image.Image:
 
 
 def _planes(kind: str, value: np.ndarray, top_class: int, every_plane: bool) -> np.ndarray:
-    if kind == "cam":
+    if kind == CAM:
         return (
             value.astype(np.float32) if every_plane else value[top_class : top_class + 1].astype(np.float32)
         )
-    if kind in ("spatial", "self_attention", "rollout") or (every_plane and kind == "self_attention_heads"):
+    if kind in (SPATIAL, SELF_ATTENTION, ROLLOUT) or (every_plane and kind == SELF_ATTENTION_HEADS):
         return value.astype(np.float32)
     # full, axis_h, axis_w: the channel mean; self_attention_heads: the mean of the heads
     return value.mean(axis=0, keepdims=True, dtype=np.float32)

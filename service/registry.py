@@ -4,12 +4,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from attnserve.manifest import Manifest, model_dirs, version_numbers
 from attnserve.service.batching import Batcher
 from attnserve.service.errors import not_found
 from attnserve.service.runtime import OnnxModel
 from attnserve.service.settings import Settings
-
-from attnserve.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +57,11 @@ class ModelRegistry:
 def version_dirs(repository: Path) -> list[Path]:
     """Every NAME/VERSION folder (hidden staging folders skipped); whether it loads is found out later."""
     found = []
-    for model_dir in sorted(
-        p for p in Path(repository).iterdir() if p.is_dir() and not p.name.startswith(".")
-    ):
+    for model_dir in model_dirs(repository):
         try:
-            versions = [p for p in model_dir.iterdir() if p.name.isdigit()]
+            found += [model_dir / str(v) for v in version_numbers(model_dir)]
         except OSError as exc:
             log.error("model %s not loaded: %s", model_dir.name, exc)
-            continue
-        found += sorted(versions, key=lambda p: int(p.name))
     return found
 
 

@@ -1,10 +1,12 @@
 """The server process: gRPC (vision API, health, reflection) and /metrics, models loaded in the
 background, graceful shutdown on SIGTERM.
 
-Health (grpc.health.v1): the overall service "" and each model name are NOT_SERVING until the models
-are loaded and warmed up, then SERVING. On SIGTERM everything goes NOT_SERVING; after
-``shutdown_delay_s`` (time for load balancers to notice) new calls are refused, and calls the server
-has received get ``grace_period_s`` to finish before the process exits 0.
+Health (grpc.health.v1) follows the data plane's readiness (service/readiness.py), as the Open
+Inference Protocol's ServerReady/ModelReady and ListModels do: each model name is SERVING once it is
+loaded and warmed up, the overall service "" (and each API's) once every model that could load has.
+On SIGTERM everything goes NOT_SERVING; after ``shutdown_delay_s`` (time for load balancers to notice)
+new calls are refused, and calls the server has received get ``grace_period_s`` to finish before the
+process exits 0.
 """
 
 import asyncio
@@ -14,6 +16,11 @@ from importlib.metadata import version
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from attnserve.api.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
+from attnserve.api.v1 import vision_pb2, vision_pb2_grpc
 from attnserve.service.batching import Batcher
 from attnserve.service.dataplane import DataPlane
 from attnserve.service.grpc.inference_v2 import InferenceServicer
@@ -21,11 +28,6 @@ from attnserve.service.grpc.vision import VisionServicer
 from attnserve.service.metrics import Metrics
 from attnserve.service.registry import ModelRegistry, ServedModel, load_repository
 from attnserve.service.settings import Settings
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
-from attnserve.api.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
-from attnserve.api.v1 import vision_pb2, vision_pb2_grpc
 
 log = logging.getLogger("attnserve")
 VISION_SERVICE = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
@@ -80,12 +82,20 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    def to_health(name: str, ready: bool) -> None:  # called on the loop or the loading thread
+        for service in (name,) if name else ("", VISION_SERVICE, INFERENCE_SERVICE):
+            status = SERVING if ready else NOT_SERVING
+            asyncio.run_coroutine_threadsafe(health_servicer.set(service, status), loop)
+
+    readiness = dataplane.readiness
+    readiness.watch(to_health)
+
     def loaded(served: ServedModel) -> None:
         m = served.manifest
         metrics.load_seconds.labels(m.name, str(m.version)).set(served.model.load_seconds)
         metrics.model_info.labels(m.name, str(m.version), m.task, served.model.provider, m.precision).set(1)
         metrics.model_ready.labels(m.name, str(m.version)).set(1)
-        asyncio.run_coroutine_threadsafe(health_servicer.set(m.name, SERVING), loop)
+        readiness.model_loaded(m.name)
 
     def batcher(model) -> Batcher:
         return Batcher(model, settings.max_batch_size, settings.max_queue_delay_ms / 1000,
@@ -101,13 +111,12 @@ async def serve(settings: Settings) -> int:
     if loading.done() and not stop.is_set():
         for key in registry.failed:  # NAME/VERSION that did not load: alerting sees a 0
             metrics.model_ready.labels(*key.split("/")).set(0)
-        dataplane.ready = True
-        for name in ("", VISION_SERVICE, INFERENCE_SERVICE):
-            await health_servicer.set(name, SERVING)
+        readiness.all_loaded()
         failed = f"; not loaded: {registry.failed}" if registry.failed else ""
         log.info("ready: %d model versions (%s)%s", len(registry.all()), ", ".join(registry.names()), failed)
         await stop.wait()
 
+    readiness.drain()
     await health_servicer.enter_graceful_shutdown()
     if settings.shutdown_delay_s:
         log.info(
@@ -117,7 +126,7 @@ async def serve(settings: Settings) -> int:
     grace = settings.grace_period_s
     log.info("shutting down: NOT_SERVING, refusing new calls, %.1f s for calls in flight", grace)
     await server.stop(grace)
-    dataplane.shutting_down = True
+    readiness.stop()
     for served in registry.all():
         await served.batcher.close()
     dataplane.close()

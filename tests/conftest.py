@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import pytest
-from attnserve.export.cli import main as export_main
 
+from attnserve.export.cli import main as export_main
 from bench.harness import start_server
 
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from attnserve.models.attention import ATTENTION_KINDS, CrossLevelChannelAttention, create_attn
 from attnserve.models.attention.eca import eca_kernel_size
 

@@ -4,8 +4,8 @@ and stops by itself (by request count or by time). No timing is asserted."""
 import asyncio
 
 import grpc
-from attnserve.client import AsyncVisionClient
 
+from attnserve.client import AsyncVisionClient
 from bench.loadgen import run_load
 from bench.report import document, measured_line
 from bench.workloads import TensorCalls, VisionCalls, image_set

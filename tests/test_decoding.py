@@ -1,12 +1,16 @@
-"""Request bytes to RGB images: draft-mode JPEG decoding, the pixel guard, and mode conversion."""
+"""Request bytes to RGB images: draft-mode JPEG decoding, the pixel guard, mode conversion, and the same
+pixels from the exporter's image folders."""
 
 import io
 
 import numpy as np
 import pytest
-from attnserve.service.decoding import decode_encoded, decode_raw, to_rgb
-from attnserve.service.errors import ServiceError
 from PIL import Image
+
+from attnserve.export.samples import folder_images
+from attnserve.imaging import RESIZE, fit, to_input, to_rgb
+from attnserve.service.decoding import decode_encoded, decode_raw
+from attnserve.service.errors import ServiceError
 
 
 def encoded(im: Image.Image, fmt: str = "PNG", **params) -> bytes:
@@ -43,3 +47,24 @@ def test_raw_pixels_are_checked_against_their_shape():
     assert decoded.image.size == (2, 2) and decoded.image.getpixel((1, 0)) == (3, 4, 5)
     with pytest.raises(ServiceError, match="both must be positive"):
         decode_raw(b"", 0, 5, 0, max_pixels=100)
+
+
+def test_the_exporter_reads_a_calibration_image_as_the_server_decodes_a_request(tmp_path):
+    """A model is calibrated and verified on the pixels it will be served: a transparent PNG (over
+    white, not its hidden colour) and an EXIF-rotated JPEG (upright) give the exporter's image folder
+    and the server's decoder the same model input, bit for bit."""
+    rgba = np.zeros((40, 60, 4), np.uint8)
+    rgba[..., 0] = 200  # red where transparent: dropping alpha would show it
+    rgba[10:30, 20:40] = (0, 90, 255, 255)
+    rotated = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 50, 3), np.uint8))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    files = {"a.png": encoded(Image.fromarray(rgba, "RGBA")), "b.jpg": encoded(rotated, "JPEG", exif=exif)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    exported = folder_images(tmp_path, (32, 32), RESIZE, limit=10)
+    for i, data in enumerate(files.values()):
+        served = to_input([fit(decode_encoded(data, 0, (32, 32), 10**7).image, 32, 32, RESIZE)[0]])
+        np.testing.assert_array_equal(exported[i : i + 1], served)
+    assert exported[0, :, 0, 0].tolist() == [1.0, 1.0, 1.0]  # the transparent corner is white
+    assert decode_encoded(files["b.jpg"], 0, (32, 32), 10**7).image.size == (30, 50)  # upright

@@ -9,6 +9,7 @@ on the shifted set (0.85).
 
 import pytest
 import torch
+
 from attnserve.models.evaluate import evaluate
 from attnserve.models.zoo import DEMO_MODELS, demo_checkpoint, load_checkpoint
 

@@ -8,14 +8,14 @@ import onnxruntime as ort
 import pytest
 import torch
 import user_models
+
 from attnserve.client import VisionClient, map_array
 from attnserve.export.discovery import classify
 from attnserve.export.pipeline import ExportRequest, export_model
+from attnserve.manifest import MODEL_FILE, Manifest
 from attnserve.models.evaluate import to_tensor
 from attnserve.models.scenes import generate
 from attnserve.models.zoo import demo_checkpoint, load_checkpoint
-
-from attnserve.manifest import MODEL_FILE, Manifest
 from bench.harness import start_server
 
 STYLES = ["se", "cbam", "eca", "bam", "coord", "coord_joint", "hard_se", "softmax_spatial", "inplace_se",

@@ -15,13 +15,13 @@ import onnxruntime as ort
 import pytest
 import torch
 import user_models
+from PIL import Image
+
 from attnserve.export.cli import main
+from attnserve.manifest import MANIFEST_FILE, METADATA_KEY, MODEL_FILE, Manifest
 from attnserve.models.evaluate import to_tensor
 from attnserve.models.scenes import generate
 from attnserve.models.zoo import DEMO_MODELS, demo_checkpoint, load_checkpoint
-from PIL import Image
-
-from attnserve.manifest import MANIFEST_FILE, METADATA_KEY, MODEL_FILE, Manifest
 
 TESTS = Path(__file__).parent
 

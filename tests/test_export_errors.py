@@ -3,6 +3,7 @@ and the repository untouched."""
 
 import pytest
 import torch
+
 from attnserve.export.cli import main
 from attnserve.models.zoo import demo_checkpoint
 

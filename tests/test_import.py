@@ -10,14 +10,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from attnserve.client import VisionClient, map_array
-from attnserve.export.import_cli import main as import_main
-from attnserve.models.scenes import generate
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from torch import nn
 
+from attnserve.client import VisionClient, map_array
+from attnserve.export.import_cli import main as import_main
 from attnserve.manifest import MODEL_FILE, Manifest
+from attnserve.models.scenes import generate
 from bench.harness import start_server
 
 LABELS = ["circle", "square", "triangle", "star", "cross"]

@@ -10,13 +10,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
-from attnserve.models.scenes import CLASS_NAMES, classification_scene
 from PIL import Image
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from attnserve.imaging import fit, to_input
 from attnserve.manifest import MODEL_FILE
+from attnserve.models.scenes import CLASS_NAMES, classification_scene
 
 
 @pytest.fixture(scope="module")

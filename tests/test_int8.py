@@ -11,12 +11,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from attnserve.export.cli import main
-from attnserve.export.pipeline import AGREEMENT_SCENES, DEFAULT_MIN_AGREEMENT
 
 from attnserve import cpu
 from attnserve.api.v1 import vision_pb2 as pb
 from attnserve.api.v1 import vision_pb2_grpc
+from attnserve.export.cli import main
+from attnserve.export.pipeline import AGREEMENT_SCENES, DEFAULT_MIN_AGREEMENT
 from attnserve.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
 from bench.harness import start_server
 

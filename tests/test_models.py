@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from attnserve.models.classifier import AttentionClassifier
 from attnserve.models.detector import HybridAttentionDetector
 from attnserve.models.scenes import CLASS_NAMES

@@ -2,6 +2,7 @@
 point loads."""
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -24,8 +25,16 @@ def loaded_after(code: str) -> set[str]:
 
 
 def test_the_wheel_installs_only_the_attnserve_namespace(tmp_path):
+    # built from a copy of the working tree: setuptools leaves a build/ folder where it builds
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], capture_output=True, text=True,
+                           cwd=ROOT, check=True).stdout.split()  # fmt: skip
+    source = tmp_path / "source"
+    for name in files:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path), str(ROOT)], check=True, cwd=tmp_path)  # fmt: skip
+                    "-w", str(tmp_path), str(source)], check=True, cwd=tmp_path)  # fmt: skip
     (wheel,) = tmp_path.glob("attnserve-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"attnserve", wheel.name.split("-py3")[0] + ".dist-info"}
@@ -64,8 +73,8 @@ def test_serving_and_client_entry_points_load_neither_torch_nor_the_exporter(ent
     assert not {m for m in loaded if m.startswith(("attnserve.export", "attnserve.models"))}
 
 
-def test_the_client_depends_on_the_generated_api_only():
-    loaded = loaded_after("import attnserve.client")
+def test_the_client_depends_on_the_generated_api_and_the_map_vocabulary_only():
+    loaded = loaded_after("import attnserve.client.predict")
     assert "attnserve.api.v1.vision_pb2" in loaded
     ours = {m for m in loaded if m.startswith("attnserve.")}
-    assert {m.split(".")[1] for m in ours} <= {"api", "client"}, sorted(ours)
+    assert {m.split(".")[1] for m in ours} <= {"api", "client", "maps"}, sorted(ours)

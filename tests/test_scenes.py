@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from attnserve.models.scenes import (
     APPEARANCE_GROUPS,
     CLASS_NAMES,

@@ -9,15 +9,15 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from attnserve.client import AsyncVisionClient, VisionClient, map_array
-from attnserve.models.scenes import CLASS_NAMES, classification_scene, detection_scene
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
 from attnserve.api.v1 import vision_pb2 as pb
+from attnserve.client import AsyncVisionClient, VisionClient, map_array
 from attnserve.imaging import fit, to_input
 from attnserve.manifest import MODEL_FILE
+from attnserve.models.scenes import CLASS_NAMES, classification_scene, detection_scene
 
 
 def encode(image: Image.Image | np.ndarray, fmt: str = "PNG", **params) -> bytes:

@@ -20,6 +20,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from attnserve.api.v1 import vision_pb2, vision_pb2_grpc
 from attnserve.client import AsyncVisionClient, VisionClient
 from attnserve.models.scenes import classification_scene, detection_scene
 from attnserve.service.batching import Batcher
@@ -27,9 +32,6 @@ from attnserve.service.errors import ServiceError
 from attnserve.service.metrics import Metrics
 from attnserve.service.runtime import OnnxModel
 from attnserve.service.settings import Settings, add_arguments, load
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from PIL import Image
-
 from bench.harness import start_server
 
 ROOT = Path(__file__).parent.parent
@@ -336,3 +338,64 @@ def test_a_model_that_fails_to_load_is_left_out_and_reported(demo_repository, tm
         assert "model broken/1 not loaded" in server.log()
     finally:
         assert server.stop() == 0
+
+
+def readiness_views(server, models: list[str]) -> tuple[dict, dict, dict]:
+    """For the server ("") and each model, ready or not: by grpc.health.v1, by the Open Inference
+    Protocol (ServerReady, ModelReady) and by the vision API's ListModels (the server: every model in
+    it ready)."""
+
+    def healthy(name: str) -> bool:
+        try:
+            return server.health(name) == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError as exc:  # a name health never heard of: a model that did not load
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+            return False
+
+    health = {name: healthy(name) for name in ["", *models]}
+    v2 = tritonclient.grpc.InferenceServerClient(server.target)  # the protocol's client, not ours
+    oip = {"": v2.is_server_ready(), **{n: v2.is_model_ready(n) for n in models}}
+    v2.close()
+    with grpc.insecure_channel(server.target) as channel:
+        listing = vision_pb2_grpc.VisionServiceStub(channel).ListModels(vision_pb2.ListModelsRequest())
+    listed = {n: False for n in models} | {m.name: m.ready for m in listing.models}
+    return health, oip, {"": health[""], **listed}
+
+
+def test_health_and_both_apis_agree_on_readiness_from_start_to_exit(demo_repository, tmp_path):
+    """Polled from the moment the port answers until SIGTERM's delay ends: health, ServerReady /
+    ModelReady and ListModels agree while models load (each ready once warm, the server once all
+    are), for a model that fails to load (never ready) and while draining (nothing ready, calls still
+    answered). Each reading is health, the APIs, health again: states only move one way per phase,
+    so when both health readings agree nothing changed in between and the APIs must say the same."""
+    repository = tmp_path / "repository"
+    for name in ("cbam_classifier", "eca_classifier", "harnet_detector"):
+        shutil.copytree(demo_repository / name, repository / name)
+    shutil.copytree(demo_repository / "eca_classifier" / "1", repository / "broken" / "1")
+    (repository / "broken" / "1" / "model.onnx").write_bytes(b"not an onnx model")
+    models = ["broken", "cbam_classifier", "eca_classifier", "harnet_detector"]
+    server = start_server(repository, tmp_path / "log", "--shutdown-delay-s", "2", until_serving=False)
+    compared = []
+
+    def settled() -> dict:
+        """The next reading whose health did not change while the APIs were asked."""
+        while True:
+            before, oip, listed = readiness_views(server, models)
+            if readiness_views(server, models)[0] == before:
+                assert oip == before and listed == before, (before, oip, listed)
+                compared.append(before)
+                return before
+
+    try:
+        while not settled()[""]:
+            pass
+        assert compared[-1] == {"": True, "broken": False, **{m: True for m in models[1:]}}
+        server.process.send_signal(signal.SIGTERM)
+        while any(settled().values()):
+            pass
+        with VisionClient(server.target) as client:  # the delay still answers calls
+            image = jpeg(classification_scene(7007, 0, size=96).image)
+            assert client.classify([image], "cbam_classifier").results[0].labels
+    finally:
+        assert server.stop() == 0
+    assert len(compared) >= 3

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+
 from attnserve.models.metrics import boxes_mask
 from attnserve.models.scenes import CLASS_NAMES
 from attnserve.models.train import attention_guidance_loss, fcos_targets, load_matching_weights, train

@@ -7,13 +7,13 @@ import onnxruntime as ort
 import pytest
 import torch
 import user_transformers
-from attnserve.export.pipeline import ExportRequest, export_model
-from attnserve.export.self_attention import AttentionLayer, _read_grid, _read_layout
-from attnserve.models.evaluate import to_tensor
-from attnserve.models.scenes import generate
 from test_vit import reference_rollout
 
+from attnserve.export.pipeline import ExportRequest, export_model
+from attnserve.export.self_attention import AttentionLayer, _read_grid, _read_layout
 from attnserve.manifest import MODEL_FILE, Manifest
+from attnserve.models.evaluate import to_tensor
+from attnserve.models.scenes import generate
 
 CASES = [  # every attention style once, every token layout at least once
     ("timm", "cls"),

@@ -12,16 +12,16 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
 from attnserve.client import VisionClient, map_array
 from attnserve.export.cli import main as export_main
+from attnserve.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
 from attnserve.models import metrics
 from attnserve.models.attention import MultiHeadSelfAttention
 from attnserve.models.scenes import CLASS_NAMES, classification_scene
 from attnserve.models.vit import VisionTransformer, rollout
 from attnserve.models.zoo import ARCH_PRESETS, build_model
-from PIL import Image
-
-from attnserve.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
 from bench.harness import start_server
 
 

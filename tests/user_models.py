@@ -6,8 +6,9 @@ Small on purpose (32×32 inputs, a few channels): the tests export each one.
 
 import torch
 import torch.nn.functional as F
-from attnserve.models.zoo import demo_checkpoint, load_checkpoint
 from torch import nn
+
+from attnserve.models.zoo import demo_checkpoint, load_checkpoint
 
 
 # --- SE, torchvision/timm style: 1×1 convs and nn.Sigmoid inside nn.Sequential ------------------------

@@ -5,9 +5,11 @@ reduction 16; F' = Mc * F. Then the spatial attention of ``spatial.py``: F'' = M
 """
 
 import torch
+from torch import nn
+
+from attnserve.maps import CHANNEL, SPATIAL
 from attnserve.models.attention.se import reduced_channels
 from attnserve.models.attention.spatial import SpatialAttention
-from torch import nn
 
 
 class ChannelGate(nn.Module):
@@ -23,7 +25,7 @@ class ChannelGate(nn.Module):
 
 
 class CBAM(nn.Module):
-    MAP_KINDS = {"channel": "channel", "spatial": "spatial"}
+    MAP_KINDS = {"channel": CHANNEL, "spatial": SPATIAL}
 
     def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7) -> None:
         super().__init__()

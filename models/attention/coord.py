@@ -10,9 +10,11 @@ The spatial map reported is the channel mean of a_h * a_w.
 import torch
 from torch import nn
 
+from attnserve.maps import SPATIAL
+
 
 class CoordAttention(nn.Module):
-    MAP_KINDS = {"spatial": "spatial"}
+    MAP_KINDS = {"spatial": SPATIAL}
 
     def __init__(self, channels: int, reduction: int = 32, min_channels: int = 8) -> None:
         super().__init__()

@@ -1,12 +1,13 @@
 """Factory mapping an attention name to its module, so a block takes the kind as a parameter."""
 
+from torch import nn
+
 from attnserve.models.attention.cbam import CBAM
 from attnserve.models.attention.coord import CoordAttention
 from attnserve.models.attention.eca import ECA
 from attnserve.models.attention.harnet import DilatedSpatialAttention
 from attnserve.models.attention.se import SqueezeExcite
 from attnserve.models.attention.spatial import SpatialAttention
-from torch import nn
 
 ATTENTION_KINDS: dict[str, type[nn.Module]] = {
     "se": SqueezeExcite,

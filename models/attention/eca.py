@@ -9,6 +9,8 @@ import math
 import torch
 from torch import nn
 
+from attnserve.maps import CHANNEL
+
 
 def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
     t = int(abs(math.log2(channels) / gamma + b / gamma))
@@ -16,7 +18,7 @@ def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
 
 
 class ECA(nn.Module):
-    MAP_KINDS = {"channel": "channel"}
+    MAP_KINDS = {"channel": CHANNEL}
 
     def __init__(self, channels: int, gamma: int = 2, b: int = 1) -> None:
         super().__init__()

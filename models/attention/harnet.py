@@ -8,12 +8,14 @@ HAR-Net's aligned (deformable) attention needs torchvision and is left out.
 """
 
 import torch
-from attnserve.models.attention.se import reduced_channels
 from torch import nn
+
+from attnserve.maps import CHANNEL, SPATIAL
+from attnserve.models.attention.se import reduced_channels
 
 
 class DilatedSpatialAttention(nn.Module):
-    MAP_KINDS = {"spatial": "spatial"}
+    MAP_KINDS = {"spatial": SPATIAL}
 
     def __init__(self, channels: int, hidden: int = 16, dilations: tuple[int, ...] = (1, 2, 5, 2)) -> None:
         super().__init__()
@@ -37,7 +39,7 @@ class DilatedSpatialAttention(nn.Module):
 class CrossLevelChannelAttention(nn.Module):
     """One channel vector from the pooled features of every level, applied to each level."""
 
-    MAP_KINDS = {"channel": "channel"}
+    MAP_KINDS = {"channel": CHANNEL}
 
     def __init__(self, channels: int, levels: int, reduction: int = 16) -> None:
         super().__init__()

@@ -6,6 +6,8 @@ z = mean over H, W;  s = sigmoid(W2 relu(W1 z)) with reduction r = 16;  y = x * 
 import torch
 from torch import nn
 
+from attnserve.maps import CHANNEL
+
 
 def reduced_channels(channels: int, reduction: int, min_channels: int = 8) -> int:
     """Bottleneck width of a squeeze MLP, kept at ``min_channels`` or more for thin layers."""
@@ -13,7 +15,7 @@ def reduced_channels(channels: int, reduction: int, min_channels: int = 8) -> in
 
 
 class SqueezeExcite(nn.Module):
-    MAP_KINDS = {"channel": "channel"}
+    MAP_KINDS = {"channel": CHANNEL}
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()

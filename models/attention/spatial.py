@@ -6,9 +6,11 @@ Ms = sigmoid(BN(conv7x7([max_c F; mean_c F])));  y = x * Ms. The reference code 
 import torch
 from torch import nn
 
+from attnserve.maps import SPATIAL
+
 
 class SpatialAttention(nn.Module):
-    MAP_KINDS = {"spatial": "spatial"}
+    MAP_KINDS = {"spatial": SPATIAL}
 
     def __init__(self, channels: int, kernel_size: int = 7) -> None:
         super().__init__()

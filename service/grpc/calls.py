@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+
 from attnserve.service.errors import ServiceError
 from attnserve.service.metrics import Metrics
 from attnserve.service.registry import ModelRegistry

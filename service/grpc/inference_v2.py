@@ -13,14 +13,14 @@ import struct
 
 import grpc
 import numpy as np
+
+from attnserve.api.inference.v2 import grpc_predict_v2_pb2 as pb
+from attnserve.api.inference.v2 import grpc_predict_v2_pb2_grpc
 from attnserve.service.dataplane import DataPlane, ImageInput
 from attnserve.service.errors import ServiceError, invalid
 from attnserve.service.grpc.calls import observed, outcome
 from attnserve.service.metrics import Metrics
 from attnserve.service.registry import ModelRegistry
-
-from attnserve.api.inference.v2 import grpc_predict_v2_pb2 as pb
-from attnserve.api.inference.v2 import grpc_predict_v2_pb2_grpc
 
 PLATFORM = "onnxruntime_onnx"
 DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.float16): "FP16"}
@@ -37,14 +37,14 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.dataplane.ready and not self.dataplane.shutting_down)
+        return pb.ServerReadyResponse(ready=self.dataplane.readiness.server_ready)
 
     async def ModelReady(self, request, context) -> pb.ModelReadyResponse:
         try:
-            self.registry.get(request.name, version_number(request.version))
+            version = version_number(request.version)
         except ServiceError:
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=not self.dataplane.shutting_down)
+        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, version))
 
     async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(

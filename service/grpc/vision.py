@@ -1,33 +1,15 @@
 """The attnserve.v1 VisionService: proto messages in and out; the work is the data plane's."""
 
+from attnserve.api.v1 import vision_pb2 as pb
+from attnserve.api.v1 import vision_pb2_grpc
+from attnserve.manifest import CLASSIFICATION, DETECTION
+from attnserve.maps import ENCODINGS, FLOAT16, GEOMETRIES, MODEL_GRID
 from attnserve.service import maps
 from attnserve.service.dataplane import DataPlane, ImageInput, MapRequest, Prediction
 from attnserve.service.errors import ServiceError, invalid
 from attnserve.service.grpc.calls import observed
 from attnserve.service.metrics import Metrics
 from attnserve.service.registry import ModelRegistry
-
-from attnserve.api.v1 import vision_pb2 as pb
-from attnserve.api.v1 import vision_pb2_grpc
-from attnserve.manifest import CLASSIFICATION, DETECTION
-
-ENCODINGS = {
-    pb.MAP_ENCODING_UNSPECIFIED: maps.FLOAT16,
-    pb.MAP_ENCODING_FLOAT16: maps.FLOAT16,
-    pb.MAP_ENCODING_PNG_HEATMAP: maps.PNG_HEATMAP,
-    pb.MAP_ENCODING_PNG_OVERLAY: maps.PNG_OVERLAY,
-}
-ENCODING_ENUMS = {maps.FLOAT16: pb.MAP_ENCODING_FLOAT16, maps.PNG_HEATMAP: pb.MAP_ENCODING_PNG_HEATMAP,
-                  maps.PNG_OVERLAY: pb.MAP_ENCODING_PNG_OVERLAY}  # fmt: skip
-GEOMETRIES = {
-    pb.MAP_GEOMETRY_UNSPECIFIED: maps.MODEL_GRID,
-    pb.MAP_GEOMETRY_MODEL_GRID: maps.MODEL_GRID,
-    pb.MAP_GEOMETRY_ORIGINAL_IMAGE: maps.ORIGINAL_IMAGE,
-}
-GEOMETRY_ENUMS = {
-    maps.MODEL_GRID: pb.MAP_GEOMETRY_MODEL_GRID,
-    maps.ORIGINAL_IMAGE: pb.MAP_GEOMETRY_ORIGINAL_IMAGE,
-}
 
 
 class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
@@ -57,7 +39,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                     name=name,
                     versions=self.registry.versions(name),
                     task=self.registry.get(name).manifest.task,
-                    ready=True,
+                    ready=self.dataplane.readiness.model_ready(name),
                 )
                 for name in self.registry.names()
             ]
@@ -158,11 +140,19 @@ def images_of(request) -> list[ImageInput]:
 
 
 def map_request_of(options: pb.MapOptions) -> MapRequest:
-    if options.encoding not in ENCODINGS:
-        raise invalid(f"unknown map encoding {options.encoding}")
-    if options.geometry not in GEOMETRIES:
-        raise invalid(f"unknown map geometry {options.geometry}")
-    return MapRequest(list(options.select), ENCODINGS[options.encoding], GEOMETRIES[options.geometry])
+    encoding = _name_of(pb.MapEncoding, options.encoding, "MAP_ENCODING_", ENCODINGS, FLOAT16)
+    geometry = _name_of(pb.MapGeometry, options.geometry, "MAP_GEOMETRY_", GEOMETRIES, MODEL_GRID)
+    return MapRequest(list(options.select), encoding, geometry)
+
+
+def _name_of(enum, value: int, prefix: str, names: tuple[str, ...], unspecified: str) -> str:
+    """attnserve.maps' name for a wire enum value (attnserve/maps.py: the same name, upper case)."""
+    name = enum.Name(value).removeprefix(prefix).lower() if value in enum.values() else ""
+    if name == "unspecified":
+        return unspecified
+    if name not in names:
+        raise invalid(f"unknown map {prefix.removeprefix('MAP_').rstrip('_').lower()} {value}")
+    return name
 
 
 def maps_of(encoded: list[maps.EncodedMap]) -> list[pb.AttentionMap]:
@@ -171,9 +161,9 @@ def maps_of(encoded: list[maps.EncodedMap]) -> list[pb.AttentionMap]:
             name=m.name,
             kind=m.kind,
             shape=m.shape,
-            encoding=ENCODING_ENUMS[m.encoding],
+            encoding=pb.MapEncoding.Value(f"MAP_ENCODING_{m.encoding.upper()}"),
             data=m.data,
-            geometry=GEOMETRY_ENUMS[m.geometry],
+            geometry=pb.MapGeometry.Value(f"MAP_GEOMETRY_{m.geometry.upper()}"),
             source=m.source,
         )  # fmt: skip
         for m in encoded

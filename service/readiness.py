@@ -1,0 +1,74 @@
+"""The server's one readiness state. grpc.health.v1, the Open Inference Protocol's ServerReady and
+ModelReady, and the vision API's ListModels all read it, so they agree at every moment of startup, load
+failure and shutdown.
+
+starting: the port is open and models load one by one; each is ready once loaded and warm, the
+server is not. serving: every model that could load has; the server is ready. draining (SIGTERM):
+nothing is ready, so load balancers move away, but calls are still answered for ``shutdown_delay_s``.
+stopped: calls are refused.
+"""
+
+import threading
+from collections.abc import Callable
+from enum import Enum
+
+Listener = Callable[[str, bool], None]  # (model name, or "" for the server; ready or not)
+
+
+class Phase(Enum):
+    STARTING = "starting"
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class Readiness:
+    def __init__(self) -> None:
+        self.phase = Phase.STARTING
+        self._models: set[str] = set()
+        self._listeners: list[Listener] = []
+        self._lock = threading.Lock()  # models load on a worker thread
+
+    def watch(self, listener: Listener) -> None:
+        """``listener`` is told each change, as it happens."""
+        self._listeners.append(listener)
+
+    def model_loaded(self, name: str) -> None:
+        with self._lock:
+            if self.phase not in (Phase.STARTING, Phase.SERVING):
+                return
+            self._models.add(name)
+        self._tell(name, True)
+
+    def all_loaded(self) -> None:
+        with self._lock:
+            if self.phase is not Phase.STARTING:
+                return
+            self.phase = Phase.SERVING
+        self._tell("", True)
+
+    def drain(self) -> None:
+        with self._lock:
+            self.phase = Phase.DRAINING
+            models, self._models = self._models, set()
+        for name in ("", *sorted(models)):
+            self._tell(name, False)
+
+    def stop(self) -> None:
+        with self._lock:
+            self.phase = Phase.STOPPED
+
+    @property
+    def server_ready(self) -> bool:
+        return self.phase is Phase.SERVING
+
+    def model_ready(self, name: str) -> bool:
+        return name in self._models
+
+    @property
+    def accepting_calls(self) -> bool:
+        return self.phase is not Phase.STOPPED
+
+    def _tell(self, name: str, ready: bool) -> None:
+        for listener in self._listeners:
+            listener(name, ready)
