@@ -17,7 +17,7 @@ from attnserve.client import AsyncVisionClient
 from attnserve.imaging import fit, to_input
 from attnserve.manifest import MODEL_FILE, Manifest
 from attnserve.models.scenes import classification_scene
-from attnserve.service.decoding import decode_encoded
+from attnserve.service.stages.decode import decode_encoded
 
 TOLERANCE = 1e-3  # batched and single inference differ in the last bits: near-ties may swap
 

@@ -5,10 +5,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attnserve.manifest import Manifest, model_dirs, version_numbers
-from attnserve.service.batching import Batcher
 from attnserve.service.errors import not_found
-from attnserve.service.runtime import OnnxModel
 from attnserve.service.settings import Settings
+from attnserve.service.stages.batch import Batcher
+from attnserve.service.stages.run import OnnxModel
 
 log = logging.getLogger(__name__)
 

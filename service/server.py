@@ -21,13 +21,13 @@ from grpc_reflection.v1alpha import reflection
 
 from attnserve.api.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from attnserve.api.v1 import vision_pb2, vision_pb2_grpc
-from attnserve.service.batching import Batcher
 from attnserve.service.dataplane import DataPlane
 from attnserve.service.grpc.inference_v2 import InferenceServicer
 from attnserve.service.grpc.vision import VisionServicer
 from attnserve.service.metrics import Metrics
 from attnserve.service.registry import ModelRegistry, ServedModel, load_repository
 from attnserve.service.settings import Settings
+from attnserve.service.stages.batch import Batcher
 
 log = logging.getLogger("attnserve")
 VISION_SERVICE = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
@@ -54,9 +54,9 @@ async def serve(settings: Settings) -> int:
     registry = ModelRegistry()
     dataplane = DataPlane(settings, registry, metrics)
     server = grpc.aio.server(options=grpc_options(settings))
-    vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(dataplane, registry, metrics), server)
+    vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(dataplane, metrics), server)
     grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(dataplane, registry, metrics, version("attnserve")), server
+        InferenceServicer(dataplane, metrics, version("attnserve")), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -9,8 +9,8 @@ from PIL import Image
 
 from attnserve.export.samples import folder_images
 from attnserve.imaging import RESIZE, fit, to_input, to_rgb
-from attnserve.service.decoding import decode_encoded, decode_raw
 from attnserve.service.errors import ServiceError
+from attnserve.service.stages.decode import decode_encoded, decode_raw
 
 
 def encoded(im: Image.Image, fmt: str = "PNG", **params) -> bytes:

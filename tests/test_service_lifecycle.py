@@ -27,11 +27,11 @@ from PIL import Image
 from attnserve.api.v1 import vision_pb2, vision_pb2_grpc
 from attnserve.client import AsyncVisionClient, VisionClient
 from attnserve.models.scenes import classification_scene, detection_scene
-from attnserve.service.batching import Batcher
 from attnserve.service.errors import ServiceError
 from attnserve.service.metrics import Metrics
-from attnserve.service.runtime import OnnxModel
 from attnserve.service.settings import Settings, add_arguments, load
+from attnserve.service.stages.batch import Batcher
+from attnserve.service.stages.run import OnnxModel
 from bench.harness import start_server
 
 ROOT = Path(__file__).parent.parent

@@ -10,9 +10,9 @@ from typing import TypeVar
 
 import grpc
 
+from attnserve.service.dataplane import DataPlane
 from attnserve.service.errors import ServiceError
 from attnserve.service.metrics import Metrics
-from attnserve.service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -20,22 +20,29 @@ T = TypeVar("T")
 
 async def observed(
     metrics: Metrics,
-    registry: ModelRegistry,
+    dataplane: DataPlane,
     method: str,
     model: str,
     context: grpc.aio.ServicerContext,
     work: Callable[[float | None], Awaitable[T]],
 ) -> T:
     """``await work(deadline)``, counted and timed; a failure aborts the call with its status."""
-    code, value = await outcome(metrics, registry, method, model, context, work)
+    code, value = await outcome(metrics, dataplane, method, model, context, work)
     if code is not None:
         await context.abort(code, value)
     return value
 
 
-async def outcome(metrics, registry, method, model, context, work) -> tuple[grpc.StatusCode | None, object]:
+async def outcome(
+    metrics: Metrics,
+    dataplane: DataPlane,
+    method: str,
+    model: str,
+    context: grpc.aio.ServicerContext,
+    work: Callable[[float | None], Awaitable[T]],
+) -> tuple[grpc.StatusCode | None, object]:
     """(None, result) or (status code, message), with the metrics recorded either way."""
-    label = model if model in registry.names() else "unknown"  # clients cannot grow the label set
+    label = model if dataplane.is_served(model) else "unknown"  # clients cannot grow the label set
     remaining = context.time_remaining()
     deadline = time.monotonic() + remaining if remaining is not None else None
     started = time.perf_counter()

@@ -4,18 +4,16 @@ from attnserve.api.v1 import vision_pb2 as pb
 from attnserve.api.v1 import vision_pb2_grpc
 from attnserve.manifest import CLASSIFICATION, DETECTION
 from attnserve.maps import ENCODINGS, FLOAT16, GEOMETRIES, MODEL_GRID
-from attnserve.service import maps
-from attnserve.service.dataplane import DataPlane, ImageInput, MapRequest, Prediction
+from attnserve.service.dataplane import DataPlane
 from attnserve.service.errors import ServiceError, invalid
 from attnserve.service.grpc.calls import observed
+from attnserve.service.messages import EncodedMap, ImageInput, MapRequest, Prediction, PredictRequest
 from attnserve.service.metrics import Metrics
-from attnserve.service.registry import ModelRegistry
 
 
 class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
-    def __init__(self, dataplane: DataPlane, registry: ModelRegistry, metrics: Metrics) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: Metrics) -> None:
         self.dataplane = dataplane
-        self.registry = registry
         self.metrics = metrics
 
     async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
@@ -32,29 +30,26 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         async for request in requests:
             yield await self._call("StreamDetect", request, context, self._detect)
 
-    async def ListModels(self, request, context) -> pb.ListModelsResponse:
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
             models=[
                 pb.ModelVersions(
-                    name=name,
-                    versions=self.registry.versions(name),
-                    task=self.registry.get(name).manifest.task,
-                    ready=self.dataplane.readiness.model_ready(name),
+                    name=d.manifest.name, versions=d.versions, task=d.manifest.task, ready=d.ready
                 )
-                for name in self.registry.names()
+                for d in self.dataplane.models()
             ]
         )
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context) -> pb.ModelInfo:
         try:
-            served = self.registry.get(request.model, request.version)
+            described = self.dataplane.describe(request.model, request.version)
         except ServiceError as exc:
             await context.abort(exc.code, exc.message)
-        m = served.manifest
+        m = described.manifest
         return pb.ModelInfo(
             name=m.name,
             version=m.version,
-            versions=self.registry.versions(m.name),
+            versions=described.versions,
             task=m.task,
             labels=m.labels,
             input_height=m.input.height,
@@ -67,19 +62,25 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 for a in m.attention
             ],
             precision=m.precision,
-            provider=served.model.provider,
+            provider=described.provider,
             exporter=m.exporter,
             sha256=m.sha256,
-            warnings=served.model.warnings,
+            warnings=described.warnings,
         )
 
     async def _classify(self, request: pb.ClassifyRequest, deadline: float | None) -> pb.ClassifyResponse:
         prediction = await self.dataplane.predict(
-            CLASSIFICATION, request.model, request.version, images_of(request), map_request_of(request.maps),
-            deadline=deadline,
-            top_k=request.top_k if request.HasField("top_k") else None,
-            score_threshold=request.score_threshold if request.HasField("score_threshold") else None,
-        )  # fmt: skip
+            PredictRequest(
+                CLASSIFICATION,
+                request.model,
+                request.version,
+                images_of(request),
+                map_request_of(request.maps),
+                deadline=deadline,
+                top_k=request.top_k if request.HasField("top_k") else None,
+                score_threshold=request.score_threshold if request.HasField("score_threshold") else None,
+            )
+        )
         results = [
             pb.Classification(
                 labels=[pb.ScoredLabel(class_id=s.class_id, label=s.label, score=s.score) for s in r.labels],
@@ -92,11 +93,17 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
 
     async def _detect(self, request: pb.DetectRequest, deadline: float | None) -> pb.DetectResponse:
         prediction = await self.dataplane.predict(
-            DETECTION, request.model, request.version, images_of(request), map_request_of(request.maps),
-            deadline=deadline,
-            score_threshold=request.score_threshold if request.HasField("score_threshold") else None,
-            max_detections=request.max_detections if request.HasField("max_detections") else None,
-        )  # fmt: skip
+            PredictRequest(
+                DETECTION,
+                request.model,
+                request.version,
+                images_of(request),
+                map_request_of(request.maps),
+                deadline=deadline,
+                score_threshold=request.score_threshold if request.HasField("score_threshold") else None,
+                max_detections=request.max_detections if request.HasField("max_detections") else None,
+            )
+        )
         results = [
             pb.DetectionResult(
                 detections=[
@@ -117,13 +124,9 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
 
     async def _call(self, method: str, request, context, handler):
         return await observed(
-            self.metrics,
-            self.registry,
-            method,
-            request.model,
-            context,
+            self.metrics, self.dataplane, method, request.model, context,
             lambda deadline: handler(request, deadline),
-        )
+        )  # fmt: skip
 
 
 def images_of(request) -> list[ImageInput]:
@@ -155,7 +158,7 @@ def _name_of(enum, value: int, prefix: str, names: tuple[str, ...], unspecified:
     return name
 
 
-def maps_of(encoded: list[maps.EncodedMap]) -> list[pb.AttentionMap]:
+def maps_of(encoded: list[EncodedMap]) -> list[pb.AttentionMap]:
     return [
         pb.AttentionMap(
             name=m.name,

@@ -21,7 +21,7 @@ import numpy as np
 
 from attnserve.service.errors import ServiceError
 from attnserve.service.metrics import Metrics
-from attnserve.service.runtime import OnnxModel
+from attnserve.service.stages.run import OnnxModel
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Turning request bytes into RGB images: every common format, EXIF orientation applied and any mode
+"""The decode stage: request bytes into RGB images: every common format, EXIF orientation applied and any mode
 converted to RGB as the exporter does (attnserve.imaging.upright_rgb), large JPEGs decoded near the
 model's size (draft mode), and guards against empty, truncated, unreadable and decompression-bomb
 images."""
@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from attnserve.imaging import upright_rgb
+from attnserve.imaging import Placement, upright_rgb
 from attnserve.service.errors import invalid
+from attnserve.service.messages import ImageInput
 
 Image.MAX_IMAGE_PIXELS = None  # our own limit (max_pixels) is checked from the header, before decoding
 EXIF_ORIENTATION = 0x0112
@@ -23,6 +24,23 @@ class Decoded:
     image: Image.Image  # RGB, possibly reduced by JPEG draft mode
     width: int  # the original's size, upright (after EXIF orientation)
     height: int
+
+    def on_original(self, placement: Placement) -> Placement:
+        """``placement`` measured on ``image``, as it applies to the original (draft mode may have
+        decoded it smaller)."""
+        sx, sy = self.image.width / self.width, self.image.height / self.height
+        return Placement(
+            placement.scale_x * sx, placement.scale_y * sy, placement.offset_x, placement.offset_y
+        )
+
+
+def decode(image: ImageInput, index: int, target: tuple[int, int], max_pixels: int) -> Decoded:
+    """Request image ``index``, encoded or raw, as upright RGB; ``target`` (H, W): the model's input."""
+    if image.encoded is not None:
+        return decode_encoded(image.encoded, index, target, max_pixels)
+    if image.rgb is not None:
+        return decode_raw(image.rgb, image.height, image.width, index, max_pixels)
+    raise invalid(f"image {index} has neither encoded bytes nor raw pixels")
 
 
 def decode_encoded(data: bytes, index: int, target: tuple[int, int], max_pixels: int) -> Decoded:

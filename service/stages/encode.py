@@ -1,4 +1,4 @@
-"""Attention maps for a response: which ones a request selects, and how each is encoded.
+"""The encode stage: which attention maps a request selects, and how each is encoded for the response.
 
 Encodings: float16 tensor bytes; an 8-bit grayscale PNG heatmap (the map scaled to its own min..max);
 a colour PNG overlay of the heatmap on the image. Geometry: the model's grid, or resampled onto the
@@ -9,12 +9,10 @@ self-attention keep every plane (each class, each head), the others are reduced 
 """
 
 import io
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from attnserve.imaging import Placement
 from attnserve.manifest import AttentionOutput, Manifest
 from attnserve.maps import (
     ALL,
@@ -31,34 +29,14 @@ from attnserve.maps import (
     SPATIAL,
 )
 from attnserve.service.errors import invalid
+from attnserve.service.messages import EncodedMap
+from attnserve.service.stages.fit import ImageView
 
 OVERLAY_OPACITY = 0.5
 # a perceptually ordered blue → cyan → yellow → red ramp, so a person can read the overlay
 _RAMP = np.array(
     [[0, 0, 130], [0, 90, 255], [0, 220, 220], [250, 230, 0], [255, 70, 0], [160, 0, 0]], np.float32
 )
-
-
-@dataclass
-class ImageView:
-    """What the maps of one image are drawn onto."""
-
-    fitted: Image.Image  # the model input (RGB, the model's size)
-    original: Image.Image  # the decoded image (RGB; may be smaller than the original after JPEG draft)
-    width: int  # the original's size
-    height: int
-    placement: Placement  # original pixels → model-input pixels
-
-
-@dataclass
-class EncodedMap:
-    name: str
-    kind: str
-    source: str
-    shape: list[int]
-    encoding: str
-    geometry: str
-    data: bytes
 
 
 def select(manifest: Manifest, selectors: list[str]) -> list[AttentionOutput]:

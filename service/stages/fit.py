@@ -1,0 +1,51 @@
+"""The fit stage: each decoded image of a request fitted to the model's input (attnserve.imaging, as the
+exporter fits its images), stacked into the batch tensor, with the view its maps are drawn onto."""
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from attnserve.imaging import Placement, fit, to_input
+from attnserve.manifest import InputSpec
+from attnserve.service.messages import ImageInput
+from attnserve.service.stages.decode import decode
+
+
+@dataclass
+class ImageView:
+    """What the maps of one image are drawn onto."""
+
+    fitted: Image.Image  # the model input (RGB, the model's size)
+    original: Image.Image  # the decoded image (RGB; may be smaller than the original after JPEG draft)
+    width: int  # the original's size
+    height: int
+    placement: Placement  # original pixels → model-input pixels
+
+
+@dataclass
+class Prepared:
+    batch: np.ndarray  # N×3×H×W float32 in [0, 1]
+    views: list[ImageView]
+    decode_seconds: float
+    preprocess_seconds: float
+
+
+def prepare(images: list[ImageInput], spec: InputSpec, max_pixels: int) -> Prepared:
+    """Decode and fit every image; the two stages timed apart."""
+    decode_seconds = preprocess_seconds = 0.0
+    fitted, views = [], []
+    for i, image in enumerate(images):
+        t0 = time.perf_counter()
+        decoded = decode(image, i, (spec.height, spec.width), max_pixels)
+        t1 = time.perf_counter()
+        model_input, placement = fit(decoded.image, spec.height, spec.width, spec.resize)
+        fitted.append(model_input)
+        on_original = decoded.on_original(placement)
+        views.append(ImageView(model_input, decoded.image, decoded.width, decoded.height, on_original))
+        decode_seconds += t1 - t0
+        preprocess_seconds += time.perf_counter() - t1
+    t2 = time.perf_counter()
+    batch = to_input(fitted)
+    return Prepared(batch, views, decode_seconds, preprocess_seconds + time.perf_counter() - t2)
