@@ -36,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     available = commands()
     if not argv or argv[0] not in available:
         lines = [f"  {name:8} {summary(entry)}" for name, entry in available.items()]
-        print("usage: attnserve COMMAND [options]   (attnserve COMMAND --help)\n\n" + "\n".join(lines),
-              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)  # fmt: skip
+        print(
+            "usage: attnserve COMMAND [options]   (attnserve COMMAND --help)\n\n" + "\n".join(lines),
+            file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout,
+        )
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         status = available[argv[0]].load()(argv[1:])

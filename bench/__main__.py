@@ -116,9 +116,14 @@ def bench_model(name: str, args, profile: dict) -> dict:
     rollout = any(a.kind == ROLLOUT for a in Manifest.read(version_dir / MANIFEST_FILE).attention)
     # with a rollout, also what computing it in the graph costs ONNX Runtime itself
     out["limit"] = limits.onnx_limit(
-        version_dir, images.tensors, args.threads, profile["batches"], profile["batch_seconds"],
-        args.provider, maps=(ROLLOUT,) if rollout else None,
-    )  # fmt: skip
+        version_dir,
+        images.tensors,
+        args.threads,
+        profile["batches"],
+        profile["batch_seconds"],
+        args.provider,
+        maps=(ROLLOUT,) if rollout else None,
+    )
     if rollout:
         out["limit_rollout"] = out["limit"].pop("with_maps")
     log(f"{name}: PyTorch eager")

@@ -49,9 +49,23 @@ def start_server(
     """``attnserve serve`` on free loopback ports; returns once health says SERVING (or, without
     ``until_serving``, as soon as it answers health checks at all: models may still be loading)."""
     # one inference thread unless ``args`` say otherwise (a later flag wins)
-    command = [str(Path(sys.executable).with_name("attnserve")), "serve", "--repository", str(repository),
-               "--host", "127.0.0.1", "--port", "0", "--metrics-host", "127.0.0.1", "--metrics-port", "0",
-               "--intra-op-threads", "1", *args]  # fmt: skip
+    command = [
+        str(Path(sys.executable).with_name("attnserve")),
+        "serve",
+        "--repository",
+        str(repository),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-host",
+        "127.0.0.1",
+        "--metrics-port",
+        "0",
+        "--intra-op-threads",
+        "1",
+        *args,
+    ]
     log = open(log_path, "w")  # noqa: SIM115 - the process writes it for its whole life
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     started = time.monotonic()

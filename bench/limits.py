@@ -56,10 +56,13 @@ def onnx_limit(
     results = {}
     for variant in variants:
         best = max(by_batch[variant], key=by_batch[variant].get)
-        results[variant] = {"throughput_by_batch": by_batch[variant], "best_batch": best,
-                            "best_throughput": by_batch[variant][best],
-                            "batch1_latency_ms": round(latency[variant] * 1e3, 3),
-                            "provider": session.get_providers()[0]}  # fmt: skip
+        results[variant] = {
+            "throughput_by_batch": by_batch[variant],
+            "best_batch": best,
+            "best_throughput": by_batch[variant][best],
+            "batch1_latency_ms": round(latency[variant] * 1e3, 3),
+            "provider": session.get_providers()[0],
+        }
     result = results["predictions"]
     if "with_maps" in results:
         result["with_maps"] = results["with_maps"]

@@ -65,17 +65,37 @@ def start_mlserver(
     model_dir.mkdir(parents=True)
     shutil.copy(HERE / "mlserver_runtime.py", model_dir / "mlserver_runtime.py")
     port = free_port()
-    (work / "mlserver" / "settings.json").write_text(json.dumps({
-        "grpc_port": port, "http_port": free_port(), "metrics_port": free_port(), "host": "127.0.0.1",
-        "debug": False}))  # fmt: skip
-    (model_dir / "model-settings.json").write_text(json.dumps({
-        "name": name, "implementation": "mlserver_runtime.OnnxRuntimeModel",
-        "max_batch_size": max_batch_size, "max_batch_time": max_batch_time_s,
-        "parameters": {"uri": str(model_file)}}))  # fmt: skip
+    (work / "mlserver" / "settings.json").write_text(
+        json.dumps(
+            {
+                "grpc_port": port,
+                "http_port": free_port(),
+                "metrics_port": free_port(),
+                "host": "127.0.0.1",
+                "debug": False,
+            }
+        )
+    )
+    (model_dir / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": name,
+                "implementation": "mlserver_runtime.OnnxRuntimeModel",
+                "max_batch_size": max_batch_size,
+                "max_batch_time": max_batch_time_s,
+                "parameters": {"uri": str(model_file)},
+            }
+        )
+    )
     env = {**os.environ, "BENCH_THREADS": str(threads), "BENCH_OUTPUT": output, "PYTHONPATH": str(model_dir)}
     log = open(work / "mlserver.log", "w")  # noqa: SIM115 - the server writes it for its whole life
-    process = subprocess.Popen([str(mlserver), "start", str(work / "mlserver")], stdout=log,
-                               stderr=subprocess.STDOUT, env=env, cwd=model_dir)  # fmt: skip
+    process = subprocess.Popen(
+        [str(mlserver), "start", str(work / "mlserver")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=model_dir,
+    )
     peer = Peer(process, f"127.0.0.1:{port}")
     started = time.monotonic()
     while time.monotonic() - started < timeout:

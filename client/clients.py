@@ -58,16 +58,18 @@ def _enum(enum, prefix: str, name: str) -> int:
 def classify_request(
     images, model, version=0, top_k=None, score_threshold=None, **maps
 ) -> pb.ClassifyRequest:
-    request = pb.ClassifyRequest(model=model, version=version, images=[image_message(i) for i in images],
-                                 maps=map_options(**maps))  # fmt: skip
+    request = pb.ClassifyRequest(
+        model=model, version=version, images=[image_message(i) for i in images], maps=map_options(**maps)
+    )
     return _with_present(request, top_k=top_k, score_threshold=score_threshold)
 
 
 def detect_request(
     images, model, version=0, score_threshold=None, max_detections=None, **maps
 ) -> pb.DetectRequest:
-    request = pb.DetectRequest(model=model, version=version, images=[image_message(i) for i in images],
-                               maps=map_options(**maps))  # fmt: skip
+    request = pb.DetectRequest(
+        model=model, version=version, images=[image_message(i) for i in images], maps=map_options(**maps)
+    )
     return _with_present(request, score_threshold=score_threshold, max_detections=max_detections)
 
 
@@ -92,8 +94,12 @@ def _channel_options(max_message_mb: int) -> list[tuple[str, int]]:
 
 
 class VisionClient:
-    def __init__(self, target: str = "localhost:50051", timeout: float | None = 30.0,
-                 max_message_mb: int = DEFAULT_MAX_MESSAGE_MB) -> None:  # fmt: skip
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        timeout: float | None = 30.0,
+        max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+    ) -> None:
         self.channel = grpc.insecure_channel(target, options=_channel_options(max_message_mb))
         self.stub = vision_pb2_grpc.VisionServiceStub(self.channel)
         self.timeout = timeout
@@ -134,8 +140,12 @@ class VisionClient:
 
 
 class AsyncVisionClient:
-    def __init__(self, target: str = "localhost:50051", timeout: float | None = 30.0,
-                 max_message_mb: int = DEFAULT_MAX_MESSAGE_MB) -> None:  # fmt: skip
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        timeout: float | None = 30.0,
+        max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+    ) -> None:
         self.channel = grpc.aio.insecure_channel(target, options=_channel_options(max_message_mb))
         self.stub = vision_pb2_grpc.VisionServiceStub(self.channel)
         self.timeout = timeout

@@ -23,9 +23,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--version", type=int, default=0, help="default: the latest")
     parser.add_argument("--server", default="localhost:50051", help="HOST:PORT")
-    parser.add_argument("--maps", action="append", default=[], metavar="KIND|NAME|all",
-                        help="attention maps to return (repeatable); with --overlay the default is the "
-                        "model's CAM, a transformer's rollout and block maps, or spatial maps")  # fmt: skip
+    parser.add_argument(
+        "--maps",
+        action="append",
+        default=[],
+        metavar="KIND|NAME|all",
+        help="attention maps to return (repeatable); with --overlay the default is the "
+        "model's CAM, a transformer's rollout and block maps, or spatial maps",
+    )
     parser.add_argument("--overlay", type=Path, metavar="DIR", help="write each map as a PNG overlay here")
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--threshold", type=float, help="score threshold")
@@ -99,8 +104,10 @@ def _default_overlay_maps(info) -> list[str]:
 def _describe(result, task: str) -> str:
     if task == "classification":
         return ", ".join(f"{s.label} {s.score:.3f}" for s in result.labels) or "(nothing above the threshold)"
-    boxes = [f"{d.label} {d.score:.2f} at ({d.box.x1:.0f}, {d.box.y1:.0f}, {d.box.x2:.0f}, {d.box.y2:.0f})"
-             for d in result.detections]  # fmt: skip
+    boxes = [
+        f"{d.label} {d.score:.2f} at ({d.box.x1:.0f}, {d.box.y1:.0f}, {d.box.x2:.0f}, {d.box.y2:.0f})"
+        for d in result.detections
+    ]
     return "; ".join(boxes) or "(no detections)"
 
 

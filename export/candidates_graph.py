@@ -39,8 +39,9 @@ def append_candidates(
         boxes, scores, objectness, anchors = _separate(g, heads, shapes, classes)
     if spec.box_format == "cxcywh":
         centre = _slice(g, boxes, 0, 2, "centre")
-        half = g.add("Mul", [_slice(g, boxes, 2, 4, "size"), g.constant(np.array(0.5, np.float32))],
-                     PREFIX + "/half")  # fmt: skip
+        half = g.add(
+            "Mul", [_slice(g, boxes, 2, 4, "size"), g.constant(np.array(0.5, np.float32))], PREFIX + "/half"
+        )
         corners = [
             g.add("Sub", [centre, half], PREFIX + "/x1y1"),
             g.add("Add", [centre, half], PREFIX + "/x2y2"),
@@ -49,8 +50,9 @@ def append_candidates(
     g.add("Identity", [boxes], CANDIDATE_BOXES)
     scores = _activated(g, scores, spec.activation, softmax_ok=True)
     if objectness is not None:
-        scores = g.add("Mul", [scores, _activated(g, objectness, spec.activation, softmax_ok=False)],
-                       PREFIX + "/scored")  # fmt: skip
+        scores = g.add(
+            "Mul", [scores, _activated(g, objectness, spec.activation, softmax_ok=False)], PREFIX + "/scored"
+        )
     g.add("Identity", [scores], CANDIDATE_SCORES)
     batch = out.graph.input[0].type.tensor_type.shape.dim[0].dim_param or "batch"
     del out.graph.output[:]

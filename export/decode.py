@@ -149,10 +149,15 @@ class HeadDecoder(nn.Module):
         for level, (c, r) in enumerate(zip(cls, reg, strict=True)):
             o = ctr[level] if ctr is not None else None
             if not (
-                torch.is_tensor(c) and torch.is_tensor(r) and c.dim() == 4 and c.shape[1] == self.classes
-                and r.dim() == 4 and r.shape[1] == 4 and r.shape[2:] == c.shape[2:]
+                torch.is_tensor(c)
+                and torch.is_tensor(r)
+                and c.dim() == 4
+                and c.shape[1] == self.classes
+                and r.dim() == 4
+                and r.shape[1] == 4
+                and r.shape[2:] == c.shape[2:]
                 and (o is None or (torch.is_tensor(o) and o.shape[1] == 1 and o.shape[2:] == c.shape[2:]))
-            ):  # fmt: skip
+            ):
                 why = f"level {level}: class N×{self.classes}×H×W, box N×4×H×W, centerness N×1×H×W"
                 raise self._unfit(out, why)
             boxes.append(self._grid_boxes(r))

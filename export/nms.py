@@ -68,8 +68,11 @@ def append_nms(proto: onnx.ModelProto, spec: DecodeSpec, anchors: int, classes: 
         g.add("GatherElements", [best_class, anchor], "classes", axis=1)
     else:
         g.add("Div", [index, g.ints(anchors)], "classes")
-    corners = g.add("Expand", [g.add("Unsqueeze", [anchor, g.ints(2)], base + "/anchor4"), g.ints(1, 1, 4)],
-                    base + "/corners")  # fmt: skip
+    corners = g.add(
+        "Expand",
+        [g.add("Unsqueeze", [anchor, g.ints(2)], base + "/anchor4"), g.ints(1, 1, 4)],
+        base + "/corners",
+    )
     g.add("GatherElements", [CANDIDATE_BOXES, corners], "boxes", axis=1)
 
     batch = out.graph.input[0].type.tensor_type.shape.dim[0].dim_param or "batch"

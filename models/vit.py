@@ -72,9 +72,10 @@ class VisionTransformer(nn.Module):
         elif stem == "conv" and patch % 4 == 0:
             # two stride-2 convolutions, then patches of patch / 4 of their features
             self.embed = nn.Sequential(
-                conv_bn_relu(3, dim // 4, 3, 2), conv_bn_relu(dim // 4, dim // 2, 3, 2),
+                conv_bn_relu(3, dim // 4, 3, 2),
+                conv_bn_relu(dim // 4, dim // 2, 3, 2),
                 nn.Conv2d(dim // 2, dim, patch // 4, stride=patch // 4),
-            )  # fmt: skip
+            )
         elif stem == "resnet" and patch == 8:
             self.backbone = ResNetBackbone(widths=RESNET_STEM_WIDTHS, depths=(1, 1, 1))
             self.embed = nn.Conv2d(RESNET_STEM_WIDTHS[-1], dim, 1)

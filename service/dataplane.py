@@ -125,9 +125,13 @@ class DataPlane:
             for o in served.model.session.get_outputs()
         ]
         return ModelDescription(
-            m, self.registry.versions(m.name), served.model.provider, served.model.warnings, outputs,
+            m,
+            self.registry.versions(m.name),
+            served.model.provider,
+            served.model.warnings,
+            outputs,
             self.readiness.model_ready(m.name),
-        )  # fmt: skip
+        )
 
     def models(self) -> list[ModelDescription]:
         """The latest version of every model served, by name."""

@@ -12,18 +12,25 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
-            "attnserve_requests", "Requests answered, by model, method and gRPC status code.",
-            ["model", "method", "code"], registry=r,
-        )  # fmt: skip
+            "attnserve_requests",
+            "Requests answered, by model, method and gRPC status code.",
+            ["model", "method", "code"],
+            registry=r,
+        )
         self.request_seconds = Histogram(
-            "attnserve_request_duration_seconds", "Time from receiving a request to answering it.",
-            ["model", "method"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "attnserve_request_duration_seconds",
+            "Time from receiving a request to answering it.",
+            ["model", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.stage_seconds = Histogram(
             "attnserve_stage_duration_seconds",
             "Time per request in each stage: decode, preprocess, queue, inference, postprocess, encode.",
-            ["model", "stage"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            ["model", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
             "attnserve_batch_size",
             "Images per inference batch.",
@@ -35,24 +42,32 @@ class Metrics:
             "attnserve_queue_depth", "Images waiting for inference.", ["model", "version"], registry=r
         )
         self.queue_capacity = Gauge(
-            "attnserve_queue_capacity", "Images that may wait for inference before requests are refused.",
-            ["model", "version"], registry=r,
-        )  # fmt: skip
+            "attnserve_queue_capacity",
+            "Images that may wait for inference before requests are refused.",
+            ["model", "version"],
+            registry=r,
+        )
         self.model_ready = Gauge(
-            "attnserve_model_ready", "1 for a model version serving, 0 for one that failed to load.",
-            ["model", "version"], registry=r,
-        )  # fmt: skip
+            "attnserve_model_ready",
+            "1 for a model version serving, 0 for one that failed to load.",
+            ["model", "version"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "attnserve_in_flight_requests", "Requests being handled now.", ["method"], registry=r
         )
         self.load_seconds = Gauge(
-            "attnserve_model_load_duration_seconds", "Time to load and warm up a model version.",
-            ["model", "version"], registry=r,
-        )  # fmt: skip
+            "attnserve_model_load_duration_seconds",
+            "Time to load and warm up a model version.",
+            ["model", "version"],
+            registry=r,
+        )
         self.model_info = Gauge(
-            "attnserve_model_info", "Each model version served (value 1), with its provider and precision.",
-            ["model", "version", "task", "provider", "precision"], registry=r,
-        )  # fmt: skip
+            "attnserve_model_info",
+            "Each model version served (value 1), with its provider and precision.",
+            ["model", "version", "task", "provider", "precision"],
+            registry=r,
+        )
 
     def serve(self, host: str, port: int):
         """Start the /metrics HTTP server; returns it (``.server_port`` is the bound port)."""

@@ -47,8 +47,10 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
 
 async def serve(settings: Settings) -> int:
     if not Path(settings.repository).is_dir():
-        log.error("model repository %s does not exist; export models into it with attnserve export",
-                  settings.repository)  # fmt: skip
+        log.error(
+            "model repository %s does not exist; export models into it with attnserve export",
+            settings.repository,
+        )
         return 2
     metrics = Metrics()
     registry = ModelRegistry()
@@ -66,7 +68,7 @@ async def serve(settings: Settings) -> int:
             INFERENCE_SERVICE,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
-        ],  # fmt: skip
+        ],
         server,
     )
     for name in ("", VISION_SERVICE, INFERENCE_SERVICE):
@@ -74,8 +76,14 @@ async def serve(settings: Settings) -> int:
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     metrics_server = metrics.serve(settings.metrics_host, settings.metrics_port)
     await server.start()
-    log.info("gRPC on %s:%d, metrics on http://%s:%d/metrics; loading models from %s", settings.host, port,
-             settings.metrics_host, metrics_server.server_port, settings.repository)  # fmt: skip
+    log.info(
+        "gRPC on %s:%d, metrics on http://%s:%d/metrics; loading models from %s",
+        settings.host,
+        port,
+        settings.metrics_host,
+        metrics_server.server_port,
+        settings.repository,
+    )
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -98,8 +106,13 @@ async def serve(settings: Settings) -> int:
         readiness.model_loaded(m.name)
 
     def batcher(model) -> Batcher:
-        return Batcher(model, settings.max_batch_size, settings.max_queue_delay_ms / 1000,
-                       settings.max_queue_size, metrics)  # fmt: skip
+        return Batcher(
+            model,
+            settings.max_batch_size,
+            settings.max_queue_delay_ms / 1000,
+            settings.max_queue_size,
+            metrics,
+        )
 
     loading = asyncio.create_task(asyncio.to_thread(load_repository, settings, registry, batcher, loaded))
     await asyncio.wait([loading, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)

@@ -39,9 +39,11 @@ class Settings:
     max_images_per_request: int = field(default=64, metadata={"help": "images in one request"})
     shutdown_delay_s: float = field(
         default=0.0,
-        metadata={"help": "after SIGTERM, report NOT_SERVING but keep serving this long, so that load "
-                  "balancers stop sending first"},
-    )  # fmt: skip
+        metadata={
+            "help": "after SIGTERM, report NOT_SERVING but keep serving this long, so that load "
+            "balancers stop sending first"
+        },
+    )
     grace_period_s: float = field(
         default=10.0, metadata={"help": "then refuse new calls; calls in flight get this long to finish"}
     )
@@ -53,8 +55,14 @@ class Settings:
     def validate(self) -> "Settings":
         if self.provider not in PROVIDERS:
             raise ValueError(f"provider {self.provider!r} is not one of {', '.join(PROVIDERS)}")
-        for name in ("max_batch_size", "max_queue_size", "max_message_mb", "max_image_pixels",
-                     "decode_threads", "max_images_per_request"):  # fmt: skip
+        for name in (
+            "max_batch_size",
+            "max_queue_size",
+            "max_message_mb",
+            "max_image_pixels",
+            "decode_threads",
+            "max_images_per_request",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if min(self.max_queue_delay_ms, self.grace_period_s, self.shutdown_delay_s) < 0:

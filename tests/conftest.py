@@ -20,8 +20,14 @@ def server(demo_repository, tmp_path_factory):
     """One server for the session's tests: batches of up to 8 images gathered over 20 ms."""
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     server = start_server(
-        demo_repository, log_path, "--max-batch-size", "8", "--max-queue-delay-ms", "20",
-        "--max-image-pixels", "4000000",
-    )  # fmt: skip
+        demo_repository,
+        log_path,
+        "--max-batch-size",
+        "8",
+        "--max-queue-delay-ms",
+        "20",
+        "--max-image-pixels",
+        "4000000",
+    )
     yield server
     assert server.stop() == 0, server.log()

@@ -64,8 +64,14 @@ def test_workloads_against_a_real_server(server, demo_repository):
 
 
 def test_regenerating_the_docs_keeps_the_analysis_and_the_models_not_run():
-    results = {"command": "python -m bench --models b", "machine": {"cpu": "cpu", "cores": 2}, "threads": 2,
-               "provider": "cpu", "versions": {"attnserve": "0.1.0"}, "seconds": 1.0}  # fmt: skip
+    results = {
+        "command": "python -m bench --models b",
+        "machine": {"cpu": "cpu", "cores": 2},
+        "threads": 2,
+        "provider": "cpu",
+        "versions": {"attnserve": "0.1.0"},
+        "seconds": 1.0,
+    }
     previous = (
         "# Benchmarks\n\nold header\n\n### a\n\nMeasured with `make bench`\n\n| a | old |\n\n"
         "### b\n\n| b | old |\n\n## Where the time goes\n\nprofiles and reasons\n"

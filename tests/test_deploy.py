@@ -25,8 +25,12 @@ KUBERNETES_VERSION = "1.37.0"
 def render(overlay: str) -> list[dict]:
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl (with kustomize) is needed to render deploy/k8s"
-    out = subprocess.run([kubectl, "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [kubectl, "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -48,8 +52,18 @@ def test_dockerfile_passes_hadolint():
 def test_overlay_renders_and_validates_strictly(overlay, tmp_path):
     objects = render(overlay)
     kinds = sorted(o["kind"] for o in objects)
-    assert kinds == sorted(["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
-                            "PodDisruptionBudget", "Service", "Service", "ServiceMonitor"])  # fmt: skip
+    assert kinds == sorted(
+        [
+            "ConfigMap",
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "NetworkPolicy",
+            "PodDisruptionBudget",
+            "Service",
+            "Service",
+            "ServiceMonitor",
+        ]
+    )
     custom = [o for o in objects if o["kind"] in CUSTOM_RESOURCES]
     assert [o["kind"] for o in custom] == ["ServiceMonitor"]
     builtin = [o for o in objects if o["kind"] not in CUSTOM_RESOURCES]
@@ -119,8 +133,12 @@ def test_kserve_example_and_adapter_rules(tmp_path):
     service = yaml.safe_load((DEPLOY / "k8s" / "kserve" / "inferenceservice.yaml").read_text())
     assert service["kind"] in CUSTOM_RESOURCES and service["apiVersion"] == "serving.kserve.io/v1beta1"
     # its predictor is a pod spec: validate that part against the Pod schema
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"},
-           "spec": {"containers": service["spec"]["predictor"]["containers"]}}  # fmt: skip
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "predictor"},
+        "spec": {"containers": service["spec"]["predictor"]["containers"]},
+    }
     adapter = yaml.safe_load((DEPLOY / "k8s" / "prometheus-adapter" / "config.yaml").read_text())
     result = validate([pod, adapter], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -147,8 +165,10 @@ def exported_names(server) -> set[str]:
         if line.startswith("# TYPE attnserve_"):
             _, _, name, kind = line.split()
             base = name.removesuffix("_total")  # counters' TYPE line may carry the suffix or not
-            names |= {"histogram": {f"{name}_bucket", f"{name}_sum", f"{name}_count"},
-                      "counter": {f"{base}_total"}}.get(kind, {name})  # fmt: skip
+            names |= {
+                "histogram": {f"{name}_bucket", f"{name}_sum", f"{name}_count"},
+                "counter": {f"{base}_total"},
+            }.get(kind, {name})
     return names
 
 

@@ -18,9 +18,28 @@ from attnserve.models.scenes import generate
 from attnserve.models.zoo import demo_checkpoint, load_checkpoint
 from bench.harness import start_server
 
-STYLES = ["se", "cbam", "eca", "bam", "coord", "coord_joint", "hard_se", "softmax_spatial", "inplace_se",
-          "inplace_spatial", "hard_relu6", "hard_clamp", "hard_function", "one_plus", "residual_gate",
-          "addcmul", "simam", "two_scale", "global_context", "triplet"]  # fmt: skip
+STYLES = [
+    "se",
+    "cbam",
+    "eca",
+    "bam",
+    "coord",
+    "coord_joint",
+    "hard_se",
+    "softmax_spatial",
+    "inplace_se",
+    "inplace_spatial",
+    "hard_relu6",
+    "hard_clamp",
+    "hard_function",
+    "one_plus",
+    "residual_gate",
+    "addcmul",
+    "simam",
+    "two_scale",
+    "global_context",
+    "triplet",
+]
 
 
 def reference_maps(style: str, model, images: torch.Tensor) -> dict[str, np.ndarray]:
@@ -94,9 +113,14 @@ def export(request: ExportRequest) -> Manifest:
 
 def export_user_model(repo, style: str, exporter: str = "auto") -> Manifest:
     request = ExportRequest(
-        repo, name=style, factory="user_models:build", factory_kwargs=f'{{"attention": "{style}"}}',
-        task="classification", input_size=(32, 32), exporter=exporter,
-    )  # fmt: skip
+        repo,
+        name=style,
+        factory="user_models:build",
+        factory_kwargs=f'{{"attention": "{style}"}}',
+        task="classification",
+        input_size=(32, 32),
+        exporter=exporter,
+    )
     return export(request)
 
 
@@ -187,9 +211,13 @@ def test_gates_with_no_image_layout_are_left_out_with_the_reason(tmp_path):
     block's SE maps are served, and the reason is logged and stored in the manifest."""
     lines = []
     request = ExportRequest(
-        tmp_path, name="gated", factory="user_models:build",
-        factory_kwargs='{"attention": "se", "gated_head": true}', task="classification", input_size=(32, 32),
-    )  # fmt: skip
+        tmp_path,
+        name="gated",
+        factory="user_models:build",
+        factory_kwargs='{"attention": "se", "gated_head": true}',
+        task="classification",
+        input_size=(32, 32),
+    )
     manifest = export_model(request, log=lines.append)[1]
     assert sorted(a.name for a in manifest.attention) == [f"layer{i}.attention.channel" for i in (1, 2)]
     left_out = [line for line in lines if "gate left out" in line]
@@ -238,9 +266,13 @@ def test_torchscript_exporter_finds_the_same_gates(tmp_path, style):
 def test_discovered_maps_equal_the_maps_our_model_declares(tmp_path):
     """Our CBAM classifier held as a plain logits model: discovery must recover its declared maps."""
     request = ExportRequest(
-        tmp_path, name="plain", factory="user_models:build_plain_cbam_classifier",
-        task="classification", input_size=(96, 96), labels=None,
-    )  # fmt: skip
+        tmp_path,
+        name="plain",
+        factory="user_models:build_plain_cbam_classifier",
+        task="classification",
+        input_size=(96, 96),
+        labels=None,
+    )
     manifest = export(request)
     images = scenes(4, 96, seed=77)
     got = run(tmp_path, "plain", images)
@@ -262,9 +294,13 @@ def test_user_detector_exports_with_its_gate_and_not_its_peak_mask(tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\nc\n")
     request = ExportRequest(
-        tmp_path, name="det", factory="user_models:build_detector", task="detection", input_size=(32, 48),
+        tmp_path,
+        name="det",
+        factory="user_models:build_detector",
+        task="detection",
+        input_size=(32, 48),
         labels=labels,
-    )  # fmt: skip
+    )
     manifest = export(request)
     assert manifest.input.resize == "letterbox" and manifest.labels == ["a", "b", "c"]
     assert [(a.name, a.kind) for a in manifest.attention] == [("se.channel", "channel")]

@@ -152,13 +152,29 @@ def test_console_script_imports_the_factory_from_the_current_directory(tmp_path)
     repo = tmp_path / "repo"
     result = subprocess.run(
         [
-            Path(sys.executable).with_name("attnserve"), "export",
-            "--factory", "user_models:build", "--factory-kwargs", '{"attention": "cbam"}',
-            "--task", "classification", "--input-size", "32", "32",
-            "--labels", labels, "--name", "user_cbam", "--repository", repo,
+            Path(sys.executable).with_name("attnserve"),
+            "export",
+            "--factory",
+            "user_models:build",
+            "--factory-kwargs",
+            '{"attention": "cbam"}',
+            "--task",
+            "classification",
+            "--input-size",
+            "32",
+            "32",
+            "--labels",
+            labels,
+            "--name",
+            "user_cbam",
+            "--repository",
+            repo,
         ],
-        cwd=TESTS, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=TESTS,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     manifest = Manifest.read(repo / "user_cbam" / "1" / MANIFEST_FILE)
     assert manifest.labels == [f"kind {i}" for i in range(5)]

@@ -39,14 +39,16 @@ USER = ["--task", "classification", "--input-size", "32", "32", "--name", "user"
         (["--factory", "user_models:build_unexportable", *USER], "could not be exported to ONNX"),
         (["--factory", "user_models:build", *USER, "--attention", "declared"], "declares no attention"),
         (["--factory", "user_models:build", *USER, "--precision", "int8"], "int8 needs --calibration"),
-        (["--arch", "cbam_classifier", "--image-mean", "0", "0", "0", "--image-std", "1", "1", "1"],
-         "our models normalise their input themselves"),
+        (
+            ["--arch", "cbam_classifier", "--image-mean", "0", "0", "0", "--image-std", "1", "1", "1"],
+            "our models normalise their input themselves",
+        ),
         (["--arch", "cbam_classifier", "--opset", "13"], "opset 18 or later"),
         (["--arch", "cbam_classifier", "--task", "detection"], "which is a classification model"),
         (["--demo", "--arch", "cbam_classifier"], "--demo exports the shipped demo models"),
         ([*USER], "pass exactly one of --arch NAME"),
     ],
-)  # fmt: skip
+)
 def test_bad_requests_fail_with_the_problem_named(capsys, repo, args, message):
     assert message in fails(capsys, repo, args)
 

@@ -44,36 +44,55 @@ def keras_like_onnx(path, pinned_batch: str = "", se_channels_last: bool = False
         return numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name)
 
     se_shapes = ((8, 4), (4, 8)) if se_channels_last else ((4, 8, 1, 1), (8, 4, 1, 1))
-    inits = [weight("conv_w", 8, 3, 3, 3), weight("conv_b", 8), weight("se1_w", *se_shapes[0]),
-             weight("se1_b", 4), weight("se2_w", *se_shapes[1]), weight("se2_b", 8),
-             weight("sp_w", 1, 1, 7, 7), weight("sp_b", 1), weight("dense_w", 8, 5), weight("dense_b", 5),
-             numpy_helper.from_array(np.array([-1, 1, 1, 8], np.int64), "gate_shape"),
-             numpy_helper.from_array(np.array([0], np.int64), "axis0")]  # fmt: skip
+    inits = [
+        weight("conv_w", 8, 3, 3, 3),
+        weight("conv_b", 8),
+        weight("se1_w", *se_shapes[0]),
+        weight("se1_b", 4),
+        weight("se2_w", *se_shapes[1]),
+        weight("se2_b", 8),
+        weight("sp_w", 1, 1, 7, 7),
+        weight("sp_b", 1),
+        weight("dense_w", 8, 5),
+        weight("dense_b", 5),
+        numpy_helper.from_array(np.array([-1, 1, 1, 8], np.int64), "gate_shape"),
+        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+    ]
     if pinned_batch:
         shape = [1, 8] if pinned_batch == "flatten" else [8]
         inits.append(numpy_helper.from_array(np.array(shape, np.int64), "flat_shape"))
     nodes = [
         helper.make_node("Transpose", ["input_1"], ["nchw"], perm=[0, 3, 1, 2], name="model/permute"),
-        helper.make_node("Conv", ["nchw", "conv_w", "conv_b"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1],
-                         name="model/conv1/Conv2D"),
+        helper.make_node(
+            "Conv",
+            ["nchw", "conv_w", "conv_b"],
+            ["c1"],
+            strides=[2, 2],
+            pads=[1, 1, 1, 1],
+            name="model/conv1/Conv2D",
+        ),
         helper.make_node("Relu", ["c1"], ["r1"], name="model/conv1/Relu"),
         *(se_nhwc_nodes() if se_channels_last else se_nchw_nodes()),
-        helper.make_node("ReduceMean", ["se_out"], ["sp_mean"], axes=[1], keepdims=1,
-                         name="model/spatial/Mean"),
-        helper.make_node("Conv", ["sp_mean", "sp_w", "sp_b"], ["sp_conv"], pads=[3, 3, 3, 3],
-                         name="model/spatial/Conv"),
+        helper.make_node(
+            "ReduceMean", ["se_out"], ["sp_mean"], axes=[1], keepdims=1, name="model/spatial/Mean"
+        ),
+        helper.make_node(
+            "Conv", ["sp_mean", "sp_w", "sp_b"], ["sp_conv"], pads=[3, 3, 3, 3], name="model/spatial/Conv"
+        ),
         helper.make_node("Sigmoid", ["sp_conv"], ["sp_gate"], name="model/spatial/Sigmoid"),
         helper.make_node("Mul", ["se_out", "sp_gate"], ["sp_out"], name="model/spatial/Mul"),
         helper.make_node("GlobalAveragePool", ["sp_out"], ["pooled"], name="model/pool"),
         *flatten_nodes(pinned_batch),
         helper.make_node("Gemm", ["flat", "dense_w", "dense_b"], ["logits"], name="model/dense/MatMul"),
         helper.make_node("Softmax", ["logits"], ["predictions"], axis=1, name="model/dense/Softmax"),
-    ]  # fmt: skip
+    ]
     graph = helper.make_graph(
-        nodes, "keras_like",
+        nodes,
+        "keras_like",
         [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, [1, 32, 32, 3])],
-        [helper.make_tensor_value_info("predictions", TensorProto.FLOAT, [1, 5])], inits,
-    )  # fmt: skip
+        [helper.make_tensor_value_info("predictions", TensorProto.FLOAT, [1, 5])],
+        inits,
+    )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="tf2onnx-like"
     )
@@ -105,8 +124,9 @@ def se_nchw_nodes() -> list[onnx.NodeProto]:
 def se_nhwc_nodes() -> list[onnx.NodeProto]:
     return [
         helper.make_node("Transpose", ["r1"], ["r1_nhwc"], perm=[0, 2, 3, 1], name="model/se/to_nhwc"),
-        helper.make_node("ReduceMean", ["r1_nhwc"], ["se_pool"], axes=[1, 2], keepdims=0,
-                         name="model/se/GlobalAvgPool"),
+        helper.make_node(
+            "ReduceMean", ["r1_nhwc"], ["se_pool"], axes=[1, 2], keepdims=0, name="model/se/GlobalAvgPool"
+        ),
         helper.make_node("MatMul", ["se_pool", "se1_w"], ["se_mm1"], name="model/se/dense1/MatMul"),
         helper.make_node("Add", ["se_mm1", "se1_b"], ["se_fc1"], name="model/se/dense1/BiasAdd"),
         helper.make_node("Relu", ["se_fc1"], ["se_relu"], name="model/se/Relu"),
@@ -116,7 +136,7 @@ def se_nhwc_nodes() -> list[onnx.NodeProto]:
         helper.make_node("Reshape", ["se_gate", "gate_shape"], ["se_gate4"], name="model/se/Reshape"),
         helper.make_node("Mul", ["r1_nhwc", "se_gate4"], ["se_nhwc"], name="model/se/Mul"),
         helper.make_node("Transpose", ["se_nhwc"], ["se_out"], perm=[0, 3, 1, 2], name="model/se/to_nchw"),
-    ]  # fmt: skip
+    ]
 
 
 def keras_preprocess(images: np.ndarray) -> np.ndarray:
@@ -134,11 +154,36 @@ def encode(image: np.ndarray) -> bytes:
 def test_a_keras_like_graph_imports_with_its_gates_and_serves(tmp_path, labels):
     keras_like_onnx(tmp_path / "keras.onnx")
     repo = tmp_path / "repo"
-    assert import_main([str(tmp_path / "keras.onnx"), "--task", "classification", "--labels", str(labels),
-                        "--name", "keras", "--repository", str(repo), "--input-range", "bytes",
-                        "--channels", "bgr", "--image-mean", "127.5", "127.5", "127.5",
-                        "--image-std", "127.5", "127.5", "127.5",
-                        "--scores", "probabilities"]) == 0  # fmt: skip
+    assert (
+        import_main(
+            [
+                str(tmp_path / "keras.onnx"),
+                "--task",
+                "classification",
+                "--labels",
+                str(labels),
+                "--name",
+                "keras",
+                "--repository",
+                str(repo),
+                "--input-range",
+                "bytes",
+                "--channels",
+                "bgr",
+                "--image-mean",
+                "127.5",
+                "127.5",
+                "127.5",
+                "--image-std",
+                "127.5",
+                "127.5",
+                "127.5",
+                "--scores",
+                "probabilities",
+            ]
+        )
+        == 0
+    )
     manifest = Manifest.read(repo / "keras" / "1" / "manifest.json")
     assert manifest.source["origin"] == "imported" and manifest.exporter == "imported"
     assert manifest.source["preprocessing"]["layout"] == "nhwc"
@@ -165,8 +210,9 @@ def test_a_keras_like_graph_imports_with_its_gates_and_serves(tmp_path, labels):
     server = start_server(repo, tmp_path / "server.log")
     try:
         with VisionClient(server.target) as client:
-            reply = client.classify([encode(s.image) for s in scenes], "keras", select=["spatial"],
-                                    geometry="original_image")  # fmt: skip
+            reply = client.classify(
+                [encode(s.image) for s in scenes], "keras", select=["spatial"], geometry="original_image"
+            )
     finally:
         assert server.stop() == 0
     for result, expected in zip(reply.results, theirs, strict=True):
@@ -178,9 +224,28 @@ def test_a_gate_applied_in_a_channels_last_view_is_served_in_the_features_frame(
     """tf2onnx's SE: the gate N×1×1×C multiplies an N×H×W×C view; it is the feature's channel map."""
     keras_like_onnx(tmp_path / "keras.onnx", se_channels_last=True)
     repo = tmp_path / "repo"
-    assert import_main([str(tmp_path / "keras.onnx"), "--task", "classification", "--labels", str(labels),
-                        "--name", "keras", "--repository", str(repo), "--input-range", "bytes",
-                        "--channels", "bgr", "--scores", "probabilities"]) == 0  # fmt: skip
+    assert (
+        import_main(
+            [
+                str(tmp_path / "keras.onnx"),
+                "--task",
+                "classification",
+                "--labels",
+                str(labels),
+                "--name",
+                "keras",
+                "--repository",
+                str(repo),
+                "--input-range",
+                "bytes",
+                "--channels",
+                "bgr",
+                "--scores",
+                "probabilities",
+            ]
+        )
+        == 0
+    )
     manifest = Manifest.read(repo / "keras" / "1" / "manifest.json")
     maps = {a.name: a for a in manifest.attention}
     assert sorted((a.kind, a.shape) for a in maps.values()) == [
@@ -205,9 +270,24 @@ def test_a_reshape_that_pins_the_batch_is_made_to_copy_it(tmp_path, labels, caps
     image's probabilities are what the original gives it alone."""
     keras_like_onnx(tmp_path / "flat.onnx", pinned_batch="flatten")
     repo = tmp_path / "repo"
-    assert import_main([str(tmp_path / "flat.onnx"), "--task", "classification", "--labels", str(labels),
-                        "--name", "flat", "--repository", str(repo),
-                        "--scores", "probabilities"]) == 0  # fmt: skip
+    assert (
+        import_main(
+            [
+                str(tmp_path / "flat.onnx"),
+                "--task",
+                "classification",
+                "--labels",
+                str(labels),
+                "--name",
+                "flat",
+                "--repository",
+                str(repo),
+                "--scores",
+                "probabilities",
+            ]
+        )
+        == 0
+    )
     assert "1 Reshape(s) that pinned the batch at 1 now copy it" in capsys.readouterr().err
     session = ort.InferenceSession(str(repo / "flat" / "1" / MODEL_FILE), providers=["CPUExecutionProvider"])
     images = np.random.default_rng(4).random((5, 3, 32, 32), dtype=np.float32)
@@ -247,8 +327,22 @@ def test_a_torchscript_export_with_channels_last_input_imports_and_matches(tmp_p
         opset_version=17,
     )  # batch fixed at 1
     repo = tmp_path / "repo"
-    assert import_main([str(tmp_path / "nhwc.onnx"), "--task", "classification", "--labels", str(labels),
-                        "--name", "nhwc", "--repository", str(repo)]) == 0  # fmt: skip
+    assert (
+        import_main(
+            [
+                str(tmp_path / "nhwc.onnx"),
+                "--task",
+                "classification",
+                "--labels",
+                str(labels),
+                "--name",
+                "nhwc",
+                "--repository",
+                str(repo),
+            ]
+        )
+        == 0
+    )
     manifest = Manifest.read(repo / "nhwc" / "1" / "manifest.json")
     assert (manifest.input.height, manifest.input.width) == (40, 48)
     assert sorted(a.kind for a in manifest.attention) == ["channel", "spatial"]
@@ -286,14 +380,37 @@ DETECTOR_OUTPUTS = ["det_boxes", "det_scores", "det_classes"]
 
 
 def test_a_decoded_detector_imports_with_named_outputs_and_serves_boxes(tmp_path, labels):
-    torch.onnx.export(DecodedDetector().eval(), (torch.rand(2, 3, 32, 32),), tmp_path / "det.onnx",
-                      dynamo=False, input_names=["image"], output_names=DETECTOR_OUTPUTS,
-                      dynamic_axes={n: {0: "n"} for n in ("image", *DETECTOR_OUTPUTS)},
-                      opset_version=17)  # fmt: skip
+    torch.onnx.export(
+        DecodedDetector().eval(),
+        (torch.rand(2, 3, 32, 32),),
+        tmp_path / "det.onnx",
+        dynamo=False,
+        input_names=["image"],
+        output_names=DETECTOR_OUTPUTS,
+        dynamic_axes={n: {0: "n"} for n in ("image", *DETECTOR_OUTPUTS)},
+        opset_version=17,
+    )
     repo = tmp_path / "repo"
-    assert import_main([str(tmp_path / "det.onnx"), "--task", "detection", "--labels", str(labels), "--name",
-                        "det", "--repository", str(repo), "--detection-outputs", "det_boxes", "det_scores",
-                        "det_classes"]) == 0  # fmt: skip
+    assert (
+        import_main(
+            [
+                str(tmp_path / "det.onnx"),
+                "--task",
+                "detection",
+                "--labels",
+                str(labels),
+                "--name",
+                "det",
+                "--repository",
+                str(repo),
+                "--detection-outputs",
+                "det_boxes",
+                "det_scores",
+                "det_classes",
+            ]
+        )
+        == 0
+    )
     manifest = Manifest.read(repo / "det" / "1" / "manifest.json")
     assert [a.kind for a in manifest.attention] == ["spatial"]
     server = start_server(repo, tmp_path / "server.log")
@@ -324,8 +441,19 @@ def test_files_that_cannot_be_imported_fail_with_the_reason(tmp_path, labels, ca
     else:
         keras_like_onnx(path, pinned_batch="vector" if case == "pinned_batch" else "")
     given_labels = labels if case != "no_labels" else tmp_path / "none"
-    args = [str(path), "--task", "classification", "--labels", str(given_labels),
-            "--name", "m", "--repository", str(tmp_path / "repo"), "--scores", "probabilities"]  # fmt: skip
+    args = [
+        str(path),
+        "--task",
+        "classification",
+        "--labels",
+        str(given_labels),
+        "--name",
+        "m",
+        "--repository",
+        str(tmp_path / "repo"),
+        "--scores",
+        "probabilities",
+    ]
     assert import_main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "repo" / "m").exists()

@@ -83,8 +83,15 @@ def test_infer_without_requested_outputs_returns_them_all(client, demo_repositor
     x = images(1, seed=8001)
     result = client.infer("harnet_detector", [tensor_input(np.resize(x, (1, 3, 128, 128)))])
     names = [o.name for o in result.get_response().outputs]
-    assert names == ["boxes", "scores", "classes", "level4_spatial", "level8_spatial", "level16_spatial",
-                     "cross_level_channel"]  # fmt: skip
+    assert names == [
+        "boxes",
+        "scores",
+        "classes",
+        "level4_spatial",
+        "level8_spatial",
+        "level16_spatial",
+        "cross_level_channel",
+    ]
     assert result.as_numpy("classes").dtype == np.int64 and result.as_numpy("boxes").shape == (1, 50, 4)
 
 
@@ -117,8 +124,11 @@ def test_classification_extension_gives_scored_labels(client, demo_repository):
 def test_encoded_images_as_bytes_are_decoded_with_the_models_manifest(client, demo_repository):
     scenes = [classification_scene(8004, i, size=160) for i in range(2)]
     encoded = np.array([jpeg(s.image) for s in scenes], dtype=np.object_)
-    result = client.infer("cbam_classifier", [tensor_input(encoded, datatype="BYTES")],
-                          outputs=[triton.InferRequestedOutput("probabilities")])  # fmt: skip
+    result = client.infer(
+        "cbam_classifier",
+        [tensor_input(encoded, datatype="BYTES")],
+        outputs=[triton.InferRequestedOutput("probabilities")],
+    )
     fitted = [fit(Image.open(io.BytesIO(e)).convert("RGB"), 96, 96, "resize")[0] for e in encoded]
     expected = direct(demo_repository, "cbam_classifier", to_input(fitted))["probabilities"]
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-5)
@@ -146,8 +156,12 @@ def test_concurrent_async_infer_is_batched(client, server):
                 done.set()
 
     for i in range(len(x)):
-        client.async_infer("eca_classifier", [tensor_input(x[i : i + 1])], callback,
-                           outputs=[triton.InferRequestedOutput("logits")])  # fmt: skip
+        client.async_infer(
+            "eca_classifier",
+            [tensor_input(x[i : i + 1])],
+            callback,
+            outputs=[triton.InferRequestedOutput("logits")],
+        )
     assert done.wait(60)
     assert not [r for r in results if isinstance(r, InferenceServerException)]
     count_after, images_after = batches()

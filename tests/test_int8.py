@@ -77,8 +77,11 @@ def test_server_warns_when_the_host_lacks_the_cpu_features_int8_was_verified_wit
     manifest_path = repo / "eca_classifier" / "2" / MANIFEST_FILE
     data = json.loads(manifest_path.read_text())
     data["version"] = 2
-    data["verification"]["int8_vs_fp32"]["cpu"] = {"machine": "x86_64", "model": "Elsewhere",
-                                                   "int8_features": [lacking]}  # fmt: skip
+    data["verification"]["int8_vs_fp32"]["cpu"] = {
+        "machine": "x86_64",
+        "model": "Elsewhere",
+        "int8_features": [lacking],
+    }
     manifest_path.write_text(json.dumps(data))
     server = start_server(repo, tmp_path / "server.log")
     try:

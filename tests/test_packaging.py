@@ -19,22 +19,40 @@ def loaded_after(code: str) -> set[str]:
     """The modules a fresh interpreter holds after running ``code``."""
     out = subprocess.run(
         [sys.executable, "-c", f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"],
-        capture_output=True, text=True, check=True, cwd="/",
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+    )
     return set(out.stdout.split())
 
 
 def test_the_wheel_installs_only_the_attnserve_namespace(tmp_path):
     # built from a copy of the working tree: setuptools leaves a build/ folder where it builds
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], capture_output=True, text=True,
-                           cwd=ROOT, check=True).stdout.split()  # fmt: skip
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout.split()
     source = tmp_path / "source"
     for name in files:
         if (ROOT / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path), str(source)], check=True, cwd=tmp_path)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
     (wheel,) = tmp_path.glob("attnserve-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"attnserve", wheel.name.split("-py3")[0] + ".dist-info"}

@@ -42,10 +42,26 @@ def images() -> np.ndarray:
 
 
 def export(repo, labels, style: str, *extra: str) -> Manifest:
-    args = ["--factory", "user_detectors:build", "--factory-kwargs", f'{{"style": "{style}"}}', "--task",
-            "detection", "--input-size", str(SIZE), str(SIZE), "--labels", str(labels), "--name", style,
-            "--repository", str(repo), "--no-progress", *user_detectors.EXPORT_OPTIONS[style],
-            *extra]  # fmt: skip
+    args = [
+        "--factory",
+        "user_detectors:build",
+        "--factory-kwargs",
+        f'{{"style": "{style}"}}',
+        "--task",
+        "detection",
+        "--input-size",
+        str(SIZE),
+        str(SIZE),
+        "--labels",
+        str(labels),
+        "--name",
+        style,
+        "--repository",
+        str(repo),
+        "--no-progress",
+        *user_detectors.EXPORT_OPTIONS[style],
+        *extra,
+    ]
     assert export_main(args) == 0
     return Manifest.read(repo / style / "1" / "manifest.json")
 
@@ -130,8 +146,13 @@ def test_served_raw_head_detector_returns_final_detections_and_its_maps(tmp_path
     server = start_server(tmp_path, tmp_path / "server.log")
     try:
         with VisionClient(server.target) as client:
-            reply = client.detect([buffer.getvalue()], "yolox", score_threshold=0.0, select=["spatial"],
-                                  geometry="original_image")  # fmt: skip
+            reply = client.detect(
+                [buffer.getvalue()],
+                "yolox",
+                score_threshold=0.0,
+                select=["spatial"],
+                geometry="original_image",
+            )
     finally:
         assert server.stop() == 0
     result = reply.results[0]
@@ -143,9 +164,15 @@ def test_served_raw_head_detector_returns_final_detections_and_its_maps(tmp_path
 
 def test_heads_that_do_not_fit_the_layout_fail_with_what_was_expected(tmp_path, labels):
     request = ExportRequest(
-        tmp_path, name="wrong", factory="user_detectors:build", factory_kwargs='{"style": "fcos"}',
-        task="detection", input_size=(SIZE, SIZE), labels=labels, decode=DecodeSpec("candidates"),
-    )  # fmt: skip
+        tmp_path,
+        name="wrong",
+        factory="user_detectors:build",
+        factory_kwargs='{"style": "fcos"}',
+        task="detection",
+        input_size=(SIZE, SIZE),
+        labels=labels,
+        decode=DecodeSpec("candidates"),
+    )
     with pytest.raises(
         ExportError, match=r"does not fit --head candidates: expected boxes N×A×4.*got a dict"
     ):
@@ -154,9 +181,23 @@ def test_heads_that_do_not_fit_the_layout_fail_with_what_was_expected(tmp_path, 
 
 
 def test_decode_options_without_a_head_are_refused(tmp_path, labels, capsys):
-    args = ["--factory", "user_detectors:build", "--task", "detection", "--input-size", "64", "64",
-            "--labels", str(labels), "--name", "x", "--repository", str(tmp_path),
-            "--nms", "agnostic"]  # fmt: skip
+    args = [
+        "--factory",
+        "user_detectors:build",
+        "--task",
+        "detection",
+        "--input-size",
+        "64",
+        "64",
+        "--labels",
+        str(labels),
+        "--name",
+        "x",
+        "--repository",
+        str(tmp_path),
+        "--nms",
+        "agnostic",
+    ]
     assert export_main(args) == 2
     assert (
         "--nms describe raw detector heads: pass --head candidates or --head dense" in capsys.readouterr().err
@@ -175,8 +216,13 @@ def test_demo_fcos_detector_serves_boxes_that_find_the_objects_and_its_level_map
             scene = detection_scene(7040, i, size=320)
             buffer = io.BytesIO()
             Image.fromarray(scene.image).save(buffer, format="JPEG", quality=90)
-            reply = client.detect([buffer.getvalue()], "fcos_detector", score_threshold=0.3,
-                                  select=["spatial"], geometry="original_image")  # fmt: skip
+            reply = client.detect(
+                [buffer.getvalue()],
+                "fcos_detector",
+                score_threshold=0.3,
+                select=["spatial"],
+                geometry="original_image",
+            )
             result = reply.results[0]
             assert sorted(m.name for m in result.maps) == [
                 "level16_spatial",
@@ -201,8 +247,15 @@ def onnx_file(path, style: str) -> torch.nn.Module:
     default export); its single packed head called ``output0``, retina's two ``boxes`` and ``scores``."""
     model = user_detectors.build(style)
     outputs = ["output0"] if style != "retina" else ["boxes", "scores"]
-    torch.onnx.export(model, (torch.rand(1, 3, SIZE, SIZE),), path, dynamo=False, input_names=["images"],
-                      output_names=outputs, opset_version=17)  # fmt: skip
+    torch.onnx.export(
+        model,
+        (torch.rand(1, 3, SIZE, SIZE),),
+        path,
+        dynamo=False,
+        input_names=["images"],
+        output_names=outputs,
+        opset_version=17,
+    )
     return model
 
 
@@ -214,9 +267,23 @@ def test_an_onnx_file_with_raw_candidate_heads_imports_with_nms_and_matches_a_pl
     ultralytics exports), no PyTorch source given to the importer. Retina's outputs are even called
     ``boxes`` and ``scores``, our own names."""
     model = onnx_file(tmp_path / f"{style}.onnx", style)
-    assert import_main([str(tmp_path / f"{style}.onnx"), "--task", "detection", "--labels", str(labels),
-                        "--name", style, "--repository", str(tmp_path / "repo"),
-                        *user_detectors.EXPORT_OPTIONS[style]]) == 0  # fmt: skip
+    assert (
+        import_main(
+            [
+                str(tmp_path / f"{style}.onnx"),
+                "--task",
+                "detection",
+                "--labels",
+                str(labels),
+                "--name",
+                style,
+                "--repository",
+                str(tmp_path / "repo"),
+                *user_detectors.EXPORT_OPTIONS[style],
+            ]
+        )
+        == 0
+    )
     manifest = Manifest.read(tmp_path / "repo" / style / "1" / "manifest.json")
     assert manifest.source["origin"] == "imported" and manifest.source["decoding"]["layout"] == "candidates"
     checked = manifest.verification["predictions_vs_original"]["detections_vs_reference"]
@@ -231,17 +298,39 @@ def test_an_onnx_file_with_raw_candidate_heads_imports_with_nms_and_matches_a_pl
 
 def test_an_imported_yolov8_file_serves_final_detections(tmp_path, labels):
     onnx_file(tmp_path / "y8.onnx", "yolov8")
-    assert import_main([str(tmp_path / "y8.onnx"), "--task", "detection", "--labels", str(labels), "--name",
-                        "y8", "--repository", str(tmp_path), "--head", "candidates", "--box-format", "cxcywh",
-                        "--score-activation", "none", "--max-detections", "20"]) == 0  # fmt: skip
+    assert (
+        import_main(
+            [
+                str(tmp_path / "y8.onnx"),
+                "--task",
+                "detection",
+                "--labels",
+                str(labels),
+                "--name",
+                "y8",
+                "--repository",
+                str(tmp_path),
+                "--head",
+                "candidates",
+                "--box-format",
+                "cxcywh",
+                "--score-activation",
+                "none",
+                "--max-detections",
+                "20",
+            ]
+        )
+        == 0
+    )
     server = start_server(tmp_path, tmp_path / "server.log")
     try:
         with VisionClient(server.target) as client:
             image = Image.fromarray(detection_scene(44, 0, 96).image)
             buffer = io.BytesIO()
             image.save(buffer, format="JPEG")
-            reply = client.detect([buffer.getvalue()], "y8", score_threshold=0.0, select=["spatial"],
-                                  geometry="original_image")  # fmt: skip
+            reply = client.detect(
+                [buffer.getvalue()], "y8", score_threshold=0.0, select=["spatial"], geometry="original_image"
+            )
     finally:
         assert server.stop() == 0
     result = reply.results[0]
@@ -263,8 +352,18 @@ def test_an_imported_yolov8_file_serves_final_detections(tmp_path, labels):
 )
 def test_raw_head_imports_refuse_what_does_not_fit_with_the_reason(tmp_path, labels, capsys, extra, message):
     onnx_file(tmp_path / "y8.onnx", "yolov8")
-    args = [str(tmp_path / "y8.onnx"), "--task", "detection", "--labels", str(labels), "--name", "y8",
-            "--repository", str(tmp_path / "repo"), *extra]  # fmt: skip
+    args = [
+        str(tmp_path / "y8.onnx"),
+        "--task",
+        "detection",
+        "--labels",
+        str(labels),
+        "--name",
+        "y8",
+        "--repository",
+        str(tmp_path / "repo"),
+        *extra,
+    ]
     try:
         code = import_main(args)
     except SystemExit as exit:  # argparse's own errors

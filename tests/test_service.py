@@ -191,13 +191,27 @@ def test_exif_orientation_is_applied(client):
 
 def test_png_heatmap_and_overlay_encodings(client):
     scene = classification_scene(6006, 0, size=200)
-    heat = client.classify([encode(scene.image)], "cbam_classifier", select=["stage3_block0_spatial"],
-                           encoding="png_heatmap").results[0].maps[0]  # fmt: skip
+    heat = (
+        client.classify(
+            [encode(scene.image)], "cbam_classifier", select=["stage3_block0_spatial"], encoding="png_heatmap"
+        )
+        .results[0]
+        .maps[0]
+    )
     assert heat.encoding == pb.MAP_ENCODING_PNG_HEATMAP and list(heat.shape) == [12, 12]
     pixels = map_array(heat)
     assert pixels.shape == (12, 12) and pixels.min() == 0 and pixels.max() == 255
-    overlay = client.classify([encode(scene.image)], "cbam_classifier", select=["cam", "channel"],
-                              encoding="png_overlay", geometry="original_image").results[0].maps  # fmt: skip
+    overlay = (
+        client.classify(
+            [encode(scene.image)],
+            "cbam_classifier",
+            select=["cam", "channel"],
+            encoding="png_overlay",
+            geometry="original_image",
+        )
+        .results[0]
+        .maps
+    )
     by_kind = {m.kind: m for m in overlay}
     cam = Image.open(io.BytesIO(by_kind["cam"].data))
     assert cam.mode == "RGB" and cam.size == (200, 200)

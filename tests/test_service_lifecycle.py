@@ -48,8 +48,9 @@ def jpeg(array: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
 
 def metric(server, name: str, match: str = "") -> float:
     text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and match in line)  # fmt: skip
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name) and match in line
+    )
 
 
 def test_sigterm_drains_calls_in_flight_and_exits_0(demo_repository, tmp_path):
@@ -60,8 +61,10 @@ def test_sigterm_drains_calls_in_flight_and_exits_0(demo_repository, tmp_path):
 
     async def calls_then_sigterm():
         async with AsyncVisionClient(server.target, timeout=60) as client:
-            calls = [asyncio.create_task(client.detect(photos, "harnet_detector", select=["all"]))
-                     for _ in range(12)]  # fmt: skip
+            calls = [
+                asyncio.create_task(client.detect(photos, "harnet_detector", select=["all"]))
+                for _ in range(12)
+            ]
             # SIGTERM once the server has received every call (a call still uploading when the server
             # stops is refused: that is what shutdown_delay_s is for)
             while metric(server, "attnserve_in_flight_requests", 'method="Detect"') < len(calls):
@@ -78,8 +81,16 @@ def test_sigterm_drains_calls_in_flight_and_exits_0(demo_repository, tmp_path):
 
 
 def test_a_full_queue_answers_resource_exhausted_and_recovers(demo_repository, tmp_path):
-    server = start_server(demo_repository, tmp_path / "log", "--max-queue-size", "2", "--max-batch-size", "1",
-                          "--max-queue-delay-ms", "0")  # fmt: skip
+    server = start_server(
+        demo_repository,
+        tmp_path / "log",
+        "--max-queue-size",
+        "2",
+        "--max-batch-size",
+        "1",
+        "--max-queue-delay-ms",
+        "0",
+    )
     image = jpeg(classification_scene(7001, 0, size=96).image)
 
     async def burst():
@@ -130,9 +141,16 @@ def test_metrics_pass_promtool_and_a_real_prometheus_answers_quantiles(server, t
     text = urllib.request.urlopen(server.metrics_url, timeout=5).read()
     check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    for name in ("requests_total", "request_duration_seconds_bucket", "stage_duration_seconds_bucket",
-                 "batch_size_bucket", "queue_depth", "in_flight_requests", "model_load_duration_seconds",
-                 "model_info"):  # fmt: skip
+    for name in (
+        "requests_total",
+        "request_duration_seconds_bucket",
+        "stage_duration_seconds_bucket",
+        "batch_size_bucket",
+        "queue_depth",
+        "in_flight_requests",
+        "model_load_duration_seconds",
+        "model_info",
+    ):
         assert f"attnserve_{name}".encode() in text, name
 
     web = _free_port()
@@ -150,8 +168,12 @@ def test_metrics_pass_promtool_and_a_real_prometheus_answers_quantiles(server, t
             }
         )
     )
-    command = [prometheus, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{web}",
-               f"--storage.tsdb.path={tmp_path / 'tsdb'}"]  # fmt: skip
+    command = [
+        prometheus,
+        f"--config.file={config}",
+        f"--web.listen-address=127.0.0.1:{web}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         api = f"http://127.0.0.1:{web}/api/v1"
@@ -245,9 +267,22 @@ def test_predict_prints_the_class_and_writes_overlays(server, tmp_path):
             for r in client.classify([p.read_bytes() for p in paths], "cbam_classifier").results
         ]
     attnserve = str(Path(sys.executable).with_name("attnserve"))
-    result = subprocess.run([attnserve, "predict", *map(str, paths), "--model", "cbam_classifier", "--server",
-                             server.target, "--overlay", str(tmp_path / "overlays")],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [
+            attnserve,
+            "predict",
+            *map(str, paths),
+            "--model",
+            "cbam_classifier",
+            "--server",
+            server.target,
+            "--overlay",
+            str(tmp_path / "overlays"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     printed = [line.split(": ", 1)[1].split(" ")[0] for line in lines[:5]]
@@ -267,8 +302,20 @@ def test_predict_json_is_one_document_with_every_field(server, tmp_path):
     paths[0].write_bytes(jpeg(classification_scene(7006, 0, size=96).image))
     Image.fromarray(classification_scene(7006, 1, size=96).image).save(paths[1])
     attnserve = str(Path(sys.executable).with_name("attnserve"))
-    command = [attnserve, "predict", *map(str, paths), "--model", "cbam_classifier", "--top-k", "6",
-               "--server", server.target, "--json", "--overlay", str(tmp_path / "overlays")]  # fmt: skip
+    command = [
+        attnserve,
+        "predict",
+        *map(str, paths),
+        "--model",
+        "cbam_classifier",
+        "--top-k",
+        "6",
+        "--server",
+        server.target,
+        "--json",
+        "--overlay",
+        str(tmp_path / "overlays"),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)  # the whole of stdout

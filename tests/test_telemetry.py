@@ -27,7 +27,9 @@ def test_neither_the_server_nor_the_exporter_lets_onnx_runtime_phone_home(demo_r
     # the server's and the exporter's own import paths, each loading a model into ONNX Runtime
     folder, file = repr(str(model)), repr(str(model / MODEL_FILE))
     run_python(
-        f"import pathlib, attnserve.service.stages.run as r; r.OnnxModel(pathlib.Path({folder}), 'cpu', 1, 1)", ours
+        "import pathlib, attnserve.service.stages.run as r; "
+        f"r.OnnxModel(pathlib.Path({folder}), 'cpu', 1, 1)",
+        ours,
     )
     run_python(f"import onnx, attnserve.export.verify as v; v.cpu_session(onnx.load({file}))", ours)
     assert not (ours / ".cache").exists(), sorted(str(p) for p in (ours / ".cache").rglob("*"))

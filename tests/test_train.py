@@ -55,8 +55,17 @@ def test_attention_guidance_rewards_maps_that_cover_the_boxes():
 
 
 def test_short_fcos_run_lowers_the_loss(tmp_path):
-    result = train("tiny", TINY_FCOS, steps=40, batch=8, train_size=64, lr=5e-3, seed=0,
-                   out=tmp_path / "f.pt", val_count=20)  # fmt: skip
+    result = train(
+        "tiny",
+        TINY_FCOS,
+        steps=40,
+        batch=8,
+        train_size=64,
+        lr=5e-3,
+        seed=0,
+        out=tmp_path / "f.pt",
+        val_count=20,
+    )
     losses = result["losses"]
     # focal + GIoU + centerness start near 2.8 (a 0.01 class prior, random boxes); 40 steps on 64 scenes
     # bring them under 2.2 (seen); an untrained run does not move
@@ -90,8 +99,15 @@ def test_fcos_assigns_each_location_to_the_smallest_box_on_the_level_of_its_reac
 
 @pytest.mark.parametrize("resolutions", [None, (48, 80)])
 def test_training_is_reproducible(tmp_path, resolutions):
-    kwargs = {"steps": 5, "batch": 8, "train_size": 64, "lr": 1e-2, "seed": 3, "val_count": 10,
-              "resolutions": resolutions}  # fmt: skip
+    kwargs = {
+        "steps": 5,
+        "batch": 8,
+        "train_size": 64,
+        "lr": 1e-2,
+        "seed": 3,
+        "val_count": 10,
+        "resolutions": resolutions,
+    }
     a = train("a", TINY_CLASSIFIER, out=tmp_path / "a.pt", **kwargs)["losses"]
     b = train("b", TINY_CLASSIFIER, out=tmp_path / "b.pt", **kwargs)["losses"]
     assert a == b

@@ -28,10 +28,14 @@ GRID = (6, 6)  # 48-pixel inputs, 8-pixel patches
 
 def export(repo, attention: str, tokens: str, opset: int = 18, log=None) -> Manifest:
     request = ExportRequest(
-        repo, name=f"{attention}_{tokens}", factory="user_transformers:build",
+        repo,
+        name=f"{attention}_{tokens}",
+        factory="user_transformers:build",
         factory_kwargs=f'{{"attention": "{attention}", "tokens": "{tokens}"}}',
-        task="classification", input_size=(48, 48), opset=opset,
-    )  # fmt: skip
+        task="classification",
+        input_size=(48, 48),
+        opset=opset,
+    )
     return export_model(request, log=log or (lambda line: None))[1]
 
 
@@ -105,9 +109,13 @@ def test_an_ambiguous_patch_grid_is_left_out_with_the_reason(tmp_path):
     """32-pixel inputs, 8-pixel patches and a class token make 17 tokens: 1 + 4×4, or 8 + 3×3."""
     lines = []
     request = ExportRequest(
-        tmp_path, name="tiny", factory="user_transformers:build",
-        factory_kwargs='{"attention": "timm", "img_size": 32}', task="classification", input_size=(32, 32),
-    )  # fmt: skip
+        tmp_path,
+        name="tiny",
+        factory="user_transformers:build",
+        factory_kwargs='{"attention": "timm", "img_size": 32}',
+        task="classification",
+        input_size=(32, 32),
+    )
     manifest = export_model(request, log=lines.append)[1]
     assert manifest.attention == []
     left_out = [line for line in lines if "self-attention left out" in line]

@@ -118,18 +118,30 @@ def test_served_vit_returns_its_rollout_in_every_encoding(vit_repository, tmp_pa
             grid = client.classify(
                 [buffer.getvalue()], "vit_classifier", select=["rollout", "self_attention"]
             )
-            overlay = client.classify([buffer.getvalue()], "vit_classifier", select=["rollout"],
-                                      encoding="png_overlay", geometry="original_image")  # fmt: skip
+            overlay = client.classify(
+                [buffer.getvalue()],
+                "vit_classifier",
+                select=["rollout"],
+                encoding="png_overlay",
+                geometry="original_image",
+            )
             heads = client.classify([buffer.getvalue()], "vit_classifier", select=["layer2_heads"])
-            heads_on_image = client.classify([buffer.getvalue()], "vit_classifier", select=["layer2_heads"],
-                                             geometry="original_image")  # fmt: skip
-            heads_overlay = client.classify([buffer.getvalue()], "vit_classifier", select=["layer2_heads"],
-                                            encoding="png_overlay")  # fmt: skip
+            heads_on_image = client.classify(
+                [buffer.getvalue()], "vit_classifier", select=["layer2_heads"], geometry="original_image"
+            )
+            heads_overlay = client.classify(
+                [buffer.getvalue()], "vit_classifier", select=["layer2_heads"], encoding="png_overlay"
+            )
     finally:
         assert server.stop() == 0
     maps = {m.name: m for m in grid.results[0].maps}
-    assert sorted(maps) == ["layer0_attention", "layer1_attention", "layer2_attention", "layer3_attention",
-                            "rollout"]  # fmt: skip
+    assert sorted(maps) == [
+        "layer0_attention",
+        "layer1_attention",
+        "layer2_attention",
+        "layer3_attention",
+        "rollout",
+    ]
     assert map_array(maps["rollout"]).shape == (1, 12, 12) and maps["rollout"].kind == "rollout"
     picture = map_array(overlay.results[0].maps[0])
     assert picture.shape == (150, 200, 3)
@@ -152,8 +164,9 @@ def test_served_demo_vit_rollout_points_at_the_object(server):
             scene = classification_scene(7020, i, size=192)
             buffer = io.BytesIO()
             Image.fromarray(scene.image).save(buffer, format="JPEG", quality=90)
-            reply = client.classify([buffer.getvalue()], "vit_classifier", select=["rollout"],
-                                    geometry="original_image")  # fmt: skip
+            reply = client.classify(
+                [buffer.getvalue()], "vit_classifier", select=["rollout"], geometry="original_image"
+            )
             rollout_map = map_array(reply.results[0].maps[0])[0]
             assert rollout_map.shape == (192, 192)
             tolerance = metrics.pointing_tolerance(192)
@@ -166,9 +179,22 @@ def test_predict_writes_the_vit_rollout_and_every_block_map(server, tmp_path):
     path = tmp_path / "scene.jpg"
     Image.fromarray(classification_scene(7030, 0, size=160).image).save(path, quality=90)
     attnserve = str(Path(sys.executable).with_name("attnserve"))
-    result = subprocess.run([attnserve, "predict", str(path), "--model", "vit_classifier", "--server",
-                             server.target, "--overlay", str(tmp_path / "overlays")],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [
+            attnserve,
+            "predict",
+            str(path),
+            "--model",
+            "vit_classifier",
+            "--server",
+            server.target,
+            "--overlay",
+            str(tmp_path / "overlays"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     written = sorted(p.name for p in (tmp_path / "overlays").iterdir())
     assert written == [f"scene.layer{i}_attention.png" for i in range(4)] + ["scene.rollout.png"]

@@ -72,25 +72,36 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
                 TensorMetadata(name=o.name, datatype=o.datatype, shape=o.shape) for o in described.outputs
             ]
             return pb.ModelMetadataResponse(
-                name=m.name, versions=[str(v) for v in described.versions], platform=PLATFORM,
-                inputs=[image], outputs=outputs,
-            )  # fmt: skip
+                name=m.name,
+                versions=[str(v) for v in described.versions],
+                platform=PLATFORM,
+                inputs=[image],
+                outputs=outputs,
+            )
 
         return await observed(self.metrics, self.dataplane, "ModelMetadata", request.name, context, work)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
         return await observed(
-            self.metrics, self.dataplane, "ModelInfer", request.model_name, context,
+            self.metrics,
+            self.dataplane,
+            "ModelInfer",
+            request.model_name,
+            context,
             lambda deadline: self._infer(request, deadline),
-        )  # fmt: skip
+        )
 
     async def ModelStreamInfer(self, requests, context):
         """One response per request; a failed request answers with its error and the stream goes on."""
         async for request in requests:
             code, value = await outcome(
-                self.metrics, self.dataplane, "ModelStreamInfer", request.model_name, context,
+                self.metrics,
+                self.dataplane,
+                "ModelStreamInfer",
+                request.model_name,
+                context,
                 lambda deadline, r=request: self._infer(r, deadline),
-            )  # fmt: skip
+            )
             if code is None:
                 yield pb.ModelStreamInferResponse(infer_response=value)
             else:
@@ -106,7 +117,7 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
                     version=str(e.version),
                     state="READY" if e.ready else "UNAVAILABLE",
                     reason=e.reason,
-                )  # fmt: skip
+                )
                 for e in self.dataplane.repository_index(ready_only=request.ready)
             ]
         )
@@ -123,9 +134,12 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
         tensor_in = request.inputs[0]
         raw = request.raw_input_contents[0] if request.raw_input_contents else None
         infer = InferRequest(
-            request.model_name, version_number(request.model_version), tensor_in.name,
-            [o.name for o in request.outputs], deadline=deadline,
-        )  # fmt: skip
+            request.model_name,
+            version_number(request.model_version),
+            tensor_in.name,
+            [o.name for o in request.outputs],
+            deadline=deadline,
+        )
         if tensor_in.datatype == "BYTES":
             infer.images = [ImageInput(encoded=data) for data in bytes_elements(tensor_in, raw)]
         elif tensor_in.datatype == "FP32":

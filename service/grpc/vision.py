@@ -124,9 +124,13 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
 
     async def _call(self, method: str, request, context, handler):
         return await observed(
-            self.metrics, self.dataplane, method, request.model, context,
+            self.metrics,
+            self.dataplane,
+            method,
+            request.model,
+            context,
             lambda deadline: handler(request, deadline),
-        )  # fmt: skip
+        )
 
 
 def images_of(request) -> list[ImageInput]:
@@ -168,7 +172,7 @@ def maps_of(encoded: list[EncodedMap]) -> list[pb.AttentionMap]:
             data=m.data,
             geometry=pb.MapGeometry.Value(f"MAP_GEOMETRY_{m.geometry.upper()}"),
             source=m.source,
-        )  # fmt: skip
+        )
         for m in encoded
     ]
 
@@ -177,5 +181,9 @@ def _common(prediction: Prediction) -> dict:
     timing = pb.Timing(
         **{f"{stage}_us": round(seconds * 1e6) for stage, seconds in prediction.timing.items()}
     )
-    return {"model": prediction.model, "version": prediction.version, "timing": timing,
-            "request_id": prediction.request_id}  # fmt: skip
+    return {
+        "model": prediction.model,
+        "version": prediction.version,
+        "timing": timing,
+        "request_id": prediction.request_id,
+    }
