@@ -11,6 +11,7 @@ candidates|dense (and the box, score and NMS options below); see docs/export.md.
 """
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -24,10 +25,9 @@ from attnserve.export.decode import (
     DecodeSpec,
 )
 from attnserve.export.errors import ExportError
-from attnserve.export.exporters import EXPORTERS, MIN_OPSET
+from attnserve.export.exporters import EXPORTERS
 from attnserve.export.pipeline import (
     ATTENTION_MODES,
-    DEFAULT_MIN_AGREEMENT,
     ExportRequest,
     demo_requests,
     export_model,
@@ -37,6 +37,9 @@ from attnserve.export.verify import agreement_value
 from attnserve.imaging import RESIZE_POLICIES
 from attnserve.manifest import PRECISIONS, TASKS
 from attnserve.models.zoo import ARCH_PRESETS
+
+# every option's default is the request's own, stated once there
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExportRequest)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,22 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave a model alone if it has any version (provisioning)",
     )
     how = p.add_argument_group("how")
-    how.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    how.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS["precision"])
     how.add_argument("--calibration", type=Path, metavar="DIR", help="images for int8 calibration")
-    how.add_argument("--calibration-count", type=int, default=256, help="images used for calibration")
+    how.add_argument(
+        "--calibration-count",
+        type=int,
+        default=DEFAULTS["calibration_count"],
+        help="images used for calibration",
+    )
     how.add_argument(
         "--calibration-method",
         choices=("percentile", "minmax"),
-        default="percentile",
+        default=DEFAULTS["calibration_method"],
         help="percentile (default; more accurate on the demo models) or minmax",
     )
     how.add_argument(
         "--min-agreement",
         type=float,
-        default=DEFAULT_MIN_AGREEMENT,
+        default=DEFAULTS["min_agreement"],
         help="fp16/int8 agreement with fp32 required",
     )
-    how.add_argument("--opset", type=int, default=MIN_OPSET)
+    how.add_argument("--opset", type=int, default=DEFAULTS["opset"])
     how.add_argument(
         "--image-mean", nargs=3, type=float, metavar=("R", "G", "B"), help="for --factory models"
     )
@@ -91,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--resize", choices=RESIZE_POLICIES, help="default: letterbox (detection), resize (else)"
     )
-    how.add_argument("--attention", choices=ATTENTION_MODES, default="auto", help="which attention outputs")
-    how.add_argument("--exporter", choices=("auto", *EXPORTERS), default="auto")
+    how.add_argument(
+        "--attention", choices=ATTENTION_MODES, default=DEFAULTS["attention"], help="which attention outputs"
+    )
+    how.add_argument("--exporter", choices=("auto", *EXPORTERS), default=DEFAULTS["exporter"])
     how.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_head_options(p)
     return p

@@ -8,6 +8,7 @@ attnserve import MODEL.onnx --task classification|detection --labels FILE --name
 """
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from attnserve.export.importer import (
 )
 from attnserve.imaging import RESIZE_POLICIES
 from attnserve.manifest import TASKS
+
+# every option's default is the request's own, stated once there
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(ImportRequest)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,19 +45,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--input-size", nargs=2, type=int, metavar=("H", "W"), help="when the graph leaves H, W open"
     )
     p.add_argument(
-        "--layout", choices=LAYOUTS, default="auto", help="the input's layout (auto: from its shape)"
+        "--layout",
+        choices=LAYOUTS,
+        default=DEFAULTS["layout"],
+        help="the input's layout (auto: from its shape)",
     )
-    p.add_argument("--input-range", choices=VALUE_RANGES, default="unit", help="unit: [0, 1]; bytes: 0..255")
-    p.add_argument("--channels", choices=CHANNEL_ORDERS, default="rgb", help="the input's channel order")
+    p.add_argument(
+        "--input-range",
+        choices=VALUE_RANGES,
+        default=DEFAULTS["value_range"],
+        help="unit: [0, 1]; bytes: 0..255",
+    )
+    p.add_argument(
+        "--channels", choices=CHANNEL_ORDERS, default=DEFAULTS["channels"], help="the input's channel order"
+    )
     p.add_argument("--image-mean", nargs=3, type=float, metavar=("R", "G", "B"), help="in the input's units")
     p.add_argument("--image-std", nargs=3, type=float, metavar=("R", "G", "B"), help="in the input's units")
-    p.add_argument("--scores", choices=SCORE_KINDS, default="logits", help="what a classifier outputs")
+    p.add_argument(
+        "--scores", choices=SCORE_KINDS, default=DEFAULTS["scores"], help="what a classifier outputs"
+    )
     p.add_argument("--output", help="a classifier's class-score output, when the graph has several")
     p.add_argument(
         "--detection-outputs", nargs=3, metavar=("BOXES", "SCORES", "CLASSES"), help="a detector's"
     )
     p.add_argument("--resize", choices=RESIZE_POLICIES, help="default: letterbox (detection), resize (else)")
-    p.add_argument("--attention", choices=("auto", "none"), default="auto", help="auto: the gates found")
+    p.add_argument(
+        "--attention", choices=("auto", "none"), default=DEFAULTS["attention"], help="auto: the gates found"
+    )
     add_head_options(p, layouts=("candidates",))
     p.add_argument(
         "--head-outputs",

@@ -10,6 +10,8 @@ them when it names none), and they come back in ``raw_output_contents``. A reque
 tensors' wire formats are service/grpc/v2_tensors.py's.
 """
 
+from collections.abc import AsyncIterator
+
 import grpc
 import numpy as np
 
@@ -91,7 +93,9 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
             lambda deadline: self._infer(request, deadline),
         )
 
-    async def ModelStreamInfer(self, requests, context):
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """One response per request; a failed request answers with its error and the stream goes on."""
         async for request in requests:
             code, value = await outcome(

@@ -1,5 +1,8 @@
 """The attnserve.v1 VisionService: proto messages in and out; the work is the data plane's."""
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
 from attnserve.api.v1 import vision_pb2 as pb
 from attnserve.api.v1 import vision_pb2_grpc
 from attnserve.manifest import CLASSIFICATION, DETECTION
@@ -9,6 +12,8 @@ from attnserve.service.errors import ServiceError, invalid
 from attnserve.service.grpc.calls import observed
 from attnserve.service.messages import EncodedMap, ImageInput, MapRequest, Prediction, PredictRequest
 from attnserve.service.metrics import Metrics
+
+T = TypeVar("T")
 
 
 class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
@@ -22,11 +27,15 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
     async def Detect(self, request: pb.DetectRequest, context) -> pb.DetectResponse:
         return await self._call("Detect", request, context, self._detect)
 
-    async def StreamClassify(self, requests, context):
+    async def StreamClassify(
+        self, requests: AsyncIterator[pb.ClassifyRequest], context
+    ) -> AsyncIterator[pb.ClassifyResponse]:
         async for request in requests:
             yield await self._call("StreamClassify", request, context, self._classify)
 
-    async def StreamDetect(self, requests, context):
+    async def StreamDetect(
+        self, requests: AsyncIterator[pb.DetectRequest], context
+    ) -> AsyncIterator[pb.DetectResponse]:
         async for request in requests:
             yield await self._call("StreamDetect", request, context, self._detect)
 
@@ -122,7 +131,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         ]
         return pb.DetectResponse(results=results, **_common(prediction))
 
-    async def _call(self, method: str, request, context, handler):
+    async def _call(self, method: str, request, context, handler: Callable[..., Awaitable[T]]) -> T:
         return await observed(
             self.metrics,
             self.dataplane,
