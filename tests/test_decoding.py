@@ -2,6 +2,7 @@
 pixels from the exporter's image folders."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,3 +69,19 @@ def test_the_exporter_reads_a_calibration_image_as_the_server_decodes_a_request(
         np.testing.assert_array_equal(exported[i : i + 1], served)
     assert exported[0, :, 0, 0].tolist() == [1.0, 1.0, 1.0]  # the transparent corner is white
     assert decode_encoded(files["b.jpg"], 0, (32, 32), 10**7).image.size == (30, 50)  # upright
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent / "data" / "malformed").glob("*")), ids=str)
+def test_malformed_files_are_the_callers_error_whatever_pillow_raises(path):
+    """Found by mutating small valid files: Pillow raised struct.error and TypeError from EXIF
+    handling, outside its OSError family; both name the image and stay INVALID_ARGUMENT."""
+    with pytest.raises(ServiceError, match=r"image 3 could not be decoded \(") as err:
+        decode_encoded(path.read_bytes(), 3, (96, 96), max_pixels=10**7)
+    assert err.value.code.name == "INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize("fmt", ["PPM", "TGA", "PCX", "ICO"])
+def test_formats_beyond_the_documented_ones_are_not_tried(fmt):
+    """Pillow opens these; the server does not (docs/service.md lists what it takes)."""
+    with pytest.raises(ServiceError, match="not an image in a supported format"):
+        decode_encoded(encoded(Image.new("RGB", (8, 8), (1, 2, 3)), fmt), 0, (96, 96), max_pixels=10**7)

@@ -4,6 +4,7 @@ against the real server; results compared with running the exported model direct
 import io
 import threading
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -258,3 +259,62 @@ def test_unknown_output_name(client):
             "eca_classifier", [tensor_input(images(1))], outputs=[triton.InferRequestedOutput("nope")]
         )
     assert "INVALID_ARGUMENT" in err.value.status() and "has no output 'nope'" in err.value.message()
+
+
+MALFORMED = Path(__file__).parent / "data" / "malformed"
+
+
+def raw_request(shape, datatype="FP32", raw=b"", version="", model="cbam_classifier"):
+    return service_pb2.ModelInferRequest(
+        model_name=model,
+        model_version=version,
+        inputs=[
+            service_pb2.ModelInferRequest.InferInputTensor(name="images", datatype=datatype, shape=shape)
+        ],
+        raw_input_contents=[raw],
+    )
+
+
+def bytes_raw(elements: list[bytes]) -> bytes:
+    return b"".join(len(e).to_bytes(4, "little") + e for e in elements)
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (raw_request([]), "has no shape"),
+        (raw_request([-1, 3, 96, 96]), "dimensions cannot be negative"),
+        (raw_request([2**62, 2**62, 3, 96]), "of FP32 needs"),  # the count overflows int64: not here
+        (raw_request([100_000], "BYTES", bytes_raw([b""] * 100_000)), "at most 64 here"),
+        (raw_request([1], "BYTES", bytes_raw([b"x", b"y"])), "more than the 1 images its shape says"),
+        (raw_request([1, 3, 96, 96], version="²"), "is not a whole number of at most 9 digits"),
+        (raw_request([1, 3, 96, 96], version="9" * 5000), "is not a whole number"),
+        *[
+            (raw_request([1], "BYTES", bytes_raw([f.read_bytes()])), "could not be decoded")
+            for f in sorted(MALFORMED.glob("*.jpg"))
+        ],
+    ],
+    ids=[
+        "empty shape",
+        "negative",
+        "overflow",
+        "bytes flood",
+        "extra bytes",
+        "superscript",
+        "long version",
+        *[f.stem for f in sorted(MALFORMED.glob("*.jpg"))],
+    ],
+)
+def test_malformed_wire_fields_are_invalid_argument_naming_the_field(server, request_, message):
+    """Raw protobuf (tritonclient's own validation bypassed), as a hostile client sends it: each is
+    INVALID_ARGUMENT with the reason, quickly, and the server answers the next call."""
+    with grpc.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(request_, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert message in err.value.details()
+        assert (
+            stub.ModelReady(service_pb2.ModelReadyRequest(name="cbam_classifier", version="²")).ready is False
+        )
+        assert stub.ServerReady(service_pb2.ServerReadyRequest()).ready

@@ -145,7 +145,8 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
             deadline=deadline,
         )
         if tensor_in.datatype == "BYTES":
-            infer.images = [ImageInput(encoded=data) for data in bytes_elements(tensor_in, raw)]
+            elements = bytes_elements(tensor_in, raw, self.dataplane.settings.max_images_per_request)
+            infer.images = [ImageInput(encoded=data) for data in elements]
         elif tensor_in.datatype == "FP32":
             infer.tensor = fp32_tensor(tensor_in, raw)
         else:

@@ -2,6 +2,7 @@
 little-endian bytes, BYTES elements each behind a 4-byte length), raw outputs, version strings, and the
 classification extension's "score:index:label" strings."""
 
+import math
 import struct
 
 import numpy as np
@@ -11,17 +12,36 @@ from attnserve.service.errors import invalid
 DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.float16): "FP16"}
 
 
+MAX_VERSION_DIGITS = 9  # a version is a whole number; more digits than this is not one a repository has
+
+
 def version_number(version: str) -> int:
+    """A request's version string: "" for the latest (0), else ASCII digits ("²" is a digit to Python)."""
     if not version:
         return 0
-    if not version.isdigit():
-        raise invalid(f"model version {version!r} is not a number")
+    if not (version.isascii() and version.isdigit()) or len(version) > MAX_VERSION_DIGITS:
+        shown = version if len(version) <= 20 else version[:20] + "…"
+        raise invalid(f"model version {shown!r} is not a whole number of at most {MAX_VERSION_DIGITS} digits")
     return int(version)
 
 
-def fp32_tensor(tensor, raw: bytes | None) -> np.ndarray:
+def element_count(tensor, limit: int | None = None) -> int:
+    """The number of elements a tensor's shape promises, checked before any data is read: a shape,
+    no negative dimension, and (``limit``) not more elements than allowed."""
     shape = list(tensor.shape)
-    count = int(np.prod(shape)) if shape else 0
+    if not shape:
+        raise invalid(f"input {tensor.name!r} has no shape; give its dimensions, e.g. [N, 3, H, W] or [N]")
+    if any(d < 0 for d in shape):
+        raise invalid(f"input {tensor.name!r} has shape {shape}; dimensions cannot be negative")
+    count = math.prod(shape)  # Python integers: no overflow
+    if limit is not None and count > limit:
+        raise invalid(f"input {tensor.name!r} of shape {shape} holds {count} elements; at most {limit} here")
+    return count
+
+
+def fp32_tensor(tensor, raw: bytes | None) -> np.ndarray:
+    count = element_count(tensor)
+    shape = list(tensor.shape)
     if raw is not None:
         if len(raw) != count * 4:
             raise invalid(
@@ -34,22 +54,32 @@ def fp32_tensor(tensor, raw: bytes | None) -> np.ndarray:
     return np.asarray(values, np.float32).reshape(shape)
 
 
-def bytes_elements(tensor, raw: bytes | None) -> list[bytes]:
-    """A BYTES tensor's elements: typed contents, or raw as 4-byte little-endian lengths and data."""
+def bytes_elements(tensor, raw: bytes | None, max_images: int) -> list[bytes]:
+    """A BYTES tensor's elements (each one encoded image): typed contents, or raw as 4-byte
+    little-endian lengths and data. The count is checked against ``max_images`` from the shape first,
+    and parsing stops at the first element past it, so a flood of tiny elements costs nothing."""
+    count = element_count(tensor, max_images)
     if raw is None:
-        elements = list(tensor.contents.bytes_contents)
-    else:
-        elements, offset = [], 0
-        while offset < len(raw):
-            if offset + 4 > len(raw):
-                raise invalid(f"input {tensor.name!r}: BYTES data ends inside an element's length")
-            (length,) = struct.unpack_from("<I", raw, offset)
-            offset += 4
-            if offset + length > len(raw):
-                raise invalid(f"input {tensor.name!r}: BYTES element of {length} bytes runs past the data")
-            elements.append(raw[offset : offset + length])
-            offset += length
-    count = int(np.prod(list(tensor.shape))) if tensor.shape else 0
+        if len(tensor.contents.bytes_contents) != count:
+            raise invalid(
+                f"input {tensor.name!r}: shape {list(tensor.shape)} needs {count} images, "
+                f"got {len(tensor.contents.bytes_contents)}"
+            )
+        return list(tensor.contents.bytes_contents)
+    elements, offset = [], 0
+    while offset < len(raw):
+        if len(elements) == count:
+            raise invalid(
+                f"input {tensor.name!r}: BYTES data holds more than the {count} images its shape says"
+            )
+        if offset + 4 > len(raw):
+            raise invalid(f"input {tensor.name!r}: BYTES data ends inside an element's length")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise invalid(f"input {tensor.name!r}: BYTES element of {length} bytes runs past the data")
+        elements.append(raw[offset : offset + length])
+        offset += length
     if len(elements) != count:
         raise invalid(
             f"input {tensor.name!r}: shape {list(tensor.shape)} needs {count} images, got {len(elements)}"

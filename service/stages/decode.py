@@ -11,12 +11,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from attnserve.imaging import Placement, upright_rgb
-from attnserve.service.errors import invalid
+from attnserve.service.errors import ServiceError, invalid
 from attnserve.service.messages import ImageInput
 
 Image.MAX_IMAGE_PIXELS = None  # our own limit (max_pixels) is checked from the header, before decoding
 EXIF_ORIENTATION = 0x0112
 TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # rotated by 90°: width and height swap
+# the formats docs/service.md promises, as Pillow names them, and as people do
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+NAMES = ("JPEG", "PNG", "WebP", "BMP", "TIFF", "GIF")
 
 
 @dataclass
@@ -44,13 +47,18 @@ def decode(image: ImageInput, index: int, target: tuple[int, int], max_pixels: i
 
 
 def decode_encoded(data: bytes, index: int, target: tuple[int, int], max_pixels: int) -> Decoded:
-    """``target`` (H, W): a JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers the model input."""
+    """``target`` (H, W): a JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers the model input.
+
+    Only the documented formats' decoders are tried (Pillow knows about 40, some of which call out to
+    other programs), and every step from the bytes to upright RGB is inside one guard: whatever a
+    broken file makes Pillow raise (OSError, but also TypeError, struct.error, …) is the caller's
+    INVALID_ARGUMENT naming the image, never an internal error."""
     if not data:
         raise invalid(f"image {index} is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = im.size
             if width * height > max_pixels:
                 raise invalid(
@@ -65,14 +73,20 @@ def decode_encoded(data: bytes, index: int, target: tuple[int, int], max_pixels:
                 im.draft("RGB", (tw, th))  # decodes at the smallest scale still at least this size
             im.seek(0)  # a GIF's first frame
             im.load()
+            return Decoded(upright_rgb(im), width, height)
+    except ServiceError:
+        raise
     except UnidentifiedImageError:
         raise invalid(
-            f"image {index} ({len(data)} bytes) is not an image in a supported format "
-            "(JPEG, PNG, WebP, BMP, TIFF, GIF)"
+            f"image {index} ({len(data)} bytes) is not an image in a supported format ({', '.join(NAMES)})"
         ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise invalid(f"image {index} could not be decoded: {exc}") from None
-    return Decoded(upright_rgb(im), width, height)
+    except Exception as exc:  # a malformed file can make any decoder step raise anything
+        kind = (
+            type(exc).__qualname__
+            if type(exc).__module__ == "builtins"
+            else f"{type(exc).__module__}.{type(exc).__qualname__}"
+        )
+        raise invalid(f"image {index} could not be decoded ({kind}: {str(exc)[:200]})") from None
 
 
 def decode_raw(rgb: bytes, height: int, width: int, index: int, max_pixels: int) -> Decoded:
