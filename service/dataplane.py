@@ -162,7 +162,12 @@ class DataPlane:
         served.batcher.announce()
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                self._pool, prepare, images, served.manifest.input, self.settings.max_image_pixels
+                self._pool,
+                prepare,
+                images,
+                served.manifest.input,
+                self.settings.max_image_pixels,
+                self.settings.max_request_pixels,
             )
         except BaseException:
             served.batcher.withdraw()

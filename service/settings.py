@@ -37,6 +37,12 @@ class Settings:
     max_message_mb: int = field(default=64, metadata={"help": "largest request or response, MiB"})
     max_image_pixels: int = field(default=40_000_000, metadata={"help": "decompression-bomb guard"})
     max_images_per_request: int = field(default=64, metadata={"help": "images in one request"})
+    max_request_pixels: int = field(
+        default=100_000_000,
+        metadata={
+            "help": "pixels all of a request's images decode to, from their headers, before any is decoded"
+        },
+    )
     shutdown_delay_s: float = field(
         default=0.0,
         metadata={
@@ -62,6 +68,7 @@ class Settings:
             "max_image_pixels",
             "decode_threads",
             "max_images_per_request",
+            "max_request_pixels",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")

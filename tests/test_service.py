@@ -274,6 +274,12 @@ BAD_REQUESTS = [
     ("unknown map", dict(select=["stage9_spatial"]), grpc.StatusCode.INVALID_ARGUMENT, "no attention map"),
     ("wrong task", dict(model="harnet_detector"), grpc.StatusCode.INVALID_ARGUMENT, "call Detect"),
     ("no images", dict(images=[]), grpc.StatusCode.INVALID_ARGUMENT, "has no images"),
+    (  # 30 GIFs of a few KB that decode to 1900² each: 108 MP, over the 100 MP default budget
+        "request over the pixel budget",
+        dict(images=["gif"] * 30),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "over the server's budget of 100000000 per request (max_request_pixels)",
+    ),
 ]
 
 
@@ -284,6 +290,8 @@ def _image_for(kind, good: bytes):
         return encode(Image.open(io.BytesIO(good)).convert("RGB"), "JPEG")[:400]
     if kind == "raw":
         return pb.Image(raw=pb.RawImage(rgb=bytes(299), height=10, width=10))
+    if kind == "gif":
+        return encode(Image.new("P", (1900, 1900)), "GIF")  # 3.6 MP, under the 4 MP per-image limit
     return kind
 
 

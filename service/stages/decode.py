@@ -58,19 +58,7 @@ def decode_encoded(data: bytes, index: int, target: tuple[int, int], max_pixels:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            im = Image.open(io.BytesIO(data), formats=FORMATS)
-            width, height = im.size
-            if width * height > max_pixels:
-                raise invalid(
-                    f"image {index} is {width}×{height} = {width * height} pixels, over the server's "
-                    f"limit of {max_pixels}; send a smaller image"
-                )
-            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
-            if orientation in TRANSPOSING_ORIENTATIONS:
-                width, height = height, width
-            if im.format == "JPEG":
-                th, tw = target if orientation not in TRANSPOSING_ORIENTATIONS else target[::-1]
-                im.draft("RGB", (tw, th))  # decodes at the smallest scale still at least this size
+            im, width, height = _opened(data, index, target, max_pixels)
             im.seek(0)  # a GIF's first frame
             im.load()
             return Decoded(upright_rgb(im), width, height)
@@ -81,12 +69,47 @@ def decode_encoded(data: bytes, index: int, target: tuple[int, int], max_pixels:
             f"image {index} ({len(data)} bytes) is not an image in a supported format ({', '.join(NAMES)})"
         ) from None
     except Exception as exc:  # a malformed file can make any decoder step raise anything
-        kind = (
-            type(exc).__qualname__
-            if type(exc).__module__ == "builtins"
-            else f"{type(exc).__module__}.{type(exc).__qualname__}"
-        )
+        kind = type(exc).__qualname__
+        if type(exc).__module__ != "builtins":
+            kind = f"{type(exc).__module__}.{kind}"
         raise invalid(f"image {index} could not be decoded ({kind}: {str(exc)[:200]})") from None
+
+
+def decoded_pixels(image: ImageInput, index: int, target: tuple[int, int], max_pixels: int) -> int:
+    """How many pixels ``image`` will decode to (after JPEG draft mode), from its header alone; 0 for
+    a header that cannot be read (decoding it then fails with the reason)."""
+    if image.encoded is None:
+        return max(image.height, 0) * max(image.width, 0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = _opened(image.encoded, index, target, max_pixels)[0]
+            return im.size[0] * im.size[1]
+    except ServiceError:
+        raise
+    except Exception:
+        return 0
+
+
+def _opened(
+    data: bytes, index: int, target: tuple[int, int], max_pixels: int
+) -> tuple[Image.Image, int, int]:
+    """The image opened lazily (header only), the per-image pixel limit checked, a JPEG set to decode
+    in draft mode; with the original's upright width and height."""
+    im = Image.open(io.BytesIO(data), formats=FORMATS)
+    width, height = im.size
+    if width * height > max_pixels:
+        raise invalid(
+            f"image {index} is {width}×{height} = {width * height} pixels, over the server's "
+            f"limit of {max_pixels}; send a smaller image"
+        )
+    orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+    if orientation in TRANSPOSING_ORIENTATIONS:
+        width, height = height, width
+    if im.format == "JPEG":
+        th, tw = target if orientation not in TRANSPOSING_ORIENTATIONS else target[::-1]
+        im.draft("RGB", (tw, th))  # decodes at the smallest scale still at least this size
+    return im, width, height
 
 
 def decode_raw(rgb: bytes, height: int, width: int, index: int, max_pixels: int) -> Decoded:

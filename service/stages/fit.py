@@ -9,8 +9,9 @@ from PIL import Image
 
 from attnserve.imaging import Placement, fit, to_input
 from attnserve.manifest import InputSpec
+from attnserve.service.errors import invalid
 from attnserve.service.messages import ImageInput
-from attnserve.service.stages.decode import decode
+from attnserve.service.stages.decode import decode, decoded_pixels
 
 
 @dataclass
@@ -32,8 +33,17 @@ class Prepared:
     preprocess_seconds: float
 
 
-def prepare(images: list[ImageInput], spec: InputSpec, max_pixels: int) -> Prepared:
-    """Decode and fit every image; the two stages timed apart."""
+def prepare(images: list[ImageInput], spec: InputSpec, max_pixels: int, max_request_pixels: int) -> Prepared:
+    """Decode and fit every image; the two stages timed apart. The pixels all images will decode to
+    are added up from their headers first: a request over ``max_request_pixels`` decodes none."""
+    total = sum(
+        decoded_pixels(image, i, (spec.height, spec.width), max_pixels) for i, image in enumerate(images)
+    )
+    if total > max_request_pixels:
+        raise invalid(
+            f"the request's {len(images)} images decode to {total} pixels together, over the server's "
+            f"budget of {max_request_pixels} per request (max_request_pixels); send fewer or smaller images"
+        )
     decode_seconds = preprocess_seconds = 0.0
     fitted, views = [], []
     for i, image in enumerate(images):
