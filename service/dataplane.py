@@ -11,10 +11,12 @@ readiness, the repository's index.
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
+from attnserve.manifest import AttentionOutput, Manifest
 from attnserve.service.errors import ServiceError, invalid
 from attnserve.service.messages import (
     ImageInput,
@@ -32,7 +34,8 @@ from attnserve.service.metrics import Metrics
 from attnserve.service.readiness import Readiness
 from attnserve.service.registry import ModelRegistry, ServedModel
 from attnserve.service.settings import Settings
-from attnserve.service.stages.encode import encode, select
+from attnserve.service.stages.decode import Header
+from attnserve.service.stages.encode import encode, response_bytes, select
 from attnserve.service.stages.fit import Prepared, prepare
 from attnserve.service.stages.postprocess import handler_for
 
@@ -55,7 +58,11 @@ class DataPlane:
         self._check_images(request.images)
         handler.check(request)
         selected = select(manifest, request.maps.select)
-        prepared = await self._prepared(served, request.images)
+        prepared = await self._prepared(
+            served,
+            request.images,
+            lambda headers: self._check_budgets(headers, manifest, selected, request.maps),
+        )
         outputs = [*manifest.predictions, *(a.name for a in selected)]
         batch = await served.batcher.submit(prepared.batch, outputs, request.deadline)
         post_started = time.perf_counter()
@@ -65,7 +72,15 @@ class DataPlane:
         if selected:
             classes = handler.map_classes(batch.outputs, len(results))
             await asyncio.get_running_loop().run_in_executor(
-                self._pool, _encode, selected, batch.outputs, prepared, results, request.maps, classes
+                self._pool,
+                _encode,
+                selected,
+                batch.outputs,
+                prepared,
+                results,
+                request.maps,
+                classes,
+                self.settings.max_map_side,
             )
         timing = {
             "decode": prepared.decode_seconds,
@@ -96,7 +111,7 @@ class DataPlane:
         timing = {}
         if request.images is not None:
             self._check_images(request.images)
-            prepared = await self._prepared(served, request.images)
+            prepared = await self._prepared(served, request.images, self._check_budgets)
             tensor = prepared.batch
             timing = {"decode": prepared.decode_seconds, "preprocess": prepared.preprocess_seconds}
         else:
@@ -157,7 +172,9 @@ class DataPlane:
             return False
         return self.readiness.model_ready(served.manifest.name)
 
-    async def _prepared(self, served: ServedModel, images: list[ImageInput]) -> Prepared:
+    async def _prepared(
+        self, served: ServedModel, images: list[ImageInput], before_decoding: Callable[[list[Header]], None]
+    ) -> Prepared:
         """Decode and fit on the thread pool, announced to the batcher so a batch may wait for it."""
         served.batcher.announce()
         try:
@@ -167,7 +184,7 @@ class DataPlane:
                 images,
                 served.manifest.input,
                 self.settings.max_image_pixels,
-                self.settings.max_request_pixels,
+                before_decoding,
             )
         except BaseException:
             served.batcher.withdraw()
@@ -179,6 +196,37 @@ class DataPlane:
                 grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica"
             )
         return self.registry.get(model, version)
+
+    def _check_budgets(
+        self,
+        headers: list[Header],
+        manifest: Manifest | None = None,
+        selected: list[AttentionOutput] = (),
+        maps: MapRequest | None = None,
+    ) -> None:
+        """The request's budgets, from its images' headers, before any is decoded: the pixels they
+        decode to together, and the size of the maps asked for against the message limit."""
+        pixels, budget = sum(h.decoded_pixels for h in headers), self.settings.max_request_pixels
+        if pixels > budget:
+            raise invalid(
+                f"the request's {len(headers)} images decode to {pixels} pixels together, over the server's "
+                f"budget of {budget} per request (max_request_pixels); send fewer or smaller images"
+            )
+        if not selected:
+            return
+        size = (manifest.input.height, manifest.input.width)
+        side = self.settings.max_map_side
+        needed = sum(
+            response_bytes(selected, maps.encoding, maps.geometry, size, (h.width, h.height), side)
+            for h in headers
+        )
+        limit = self.settings.max_message_mb * 2**20
+        if needed > limit:
+            raise invalid(
+                f"the {len(selected)} maps asked for would take about {needed / 2**20:.0f} MiB of the "
+                f"response, over the server's max_message_mb of {self.settings.max_message_mb}; ask for "
+                "fewer maps or images, a PNG encoding or the model grid"
+            )
 
     def _check_images(self, images: list[ImageInput]) -> None:
         if not images:
@@ -199,10 +247,16 @@ class DataPlane:
 
 
 def _encode(
-    selected, outputs, prepared: Prepared, results: list[ImageResult], request: MapRequest, classes: list[int]
+    selected,
+    outputs,
+    prepared: Prepared,
+    results: list[ImageResult],
+    request: MapRequest,
+    classes: list[int],
+    max_side: int,
 ) -> None:
     for i, (view, result) in enumerate(zip(prepared.views, results, strict=True)):
         result.maps = [
-            encode(a, outputs[a.name][i], request.encoding, request.geometry, view, classes[i])
+            encode(a, outputs[a.name][i], request.encoding, request.geometry, view, classes[i], max_side)
             for a in selected
         ]

@@ -43,6 +43,12 @@ class Settings:
             "help": "pixels all of a request's images decode to, from their headers, before any is decoded"
         },
     )
+    max_map_side: int = field(
+        default=2048,
+        metadata={
+            "help": "longest side of a map in original-image geometry; larger originals get smaller maps"
+        },
+    )
     shutdown_delay_s: float = field(
         default=0.0,
         metadata={
@@ -69,6 +75,7 @@ class Settings:
             "decode_threads",
             "max_images_per_request",
             "max_request_pixels",
+            "max_map_side",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")

@@ -12,7 +12,7 @@ from attnserve.export.samples import folder_images
 from attnserve.imaging import RESIZE, fit, to_input, to_rgb
 from attnserve.service.errors import ServiceError
 from attnserve.service.messages import ImageInput
-from attnserve.service.stages.decode import decode_encoded, decode_raw, decoded_pixels
+from attnserve.service.stages.decode import Header, decode_encoded, decode_raw, header
 
 
 def encoded(im: Image.Image, fmt: str = "PNG", **params) -> bytes:
@@ -88,10 +88,10 @@ def test_formats_beyond_the_documented_ones_are_not_tried(fmt):
         decode_encoded(encoded(Image.new("RGB", (8, 8), (1, 2, 3)), fmt), 0, (96, 96), max_pixels=10**7)
 
 
-def test_decoded_pixels_come_from_the_header_after_draft_mode():
-    """What the per-request budget adds up: a 4000×3000 JPEG for a 96 px model decodes at 1/8."""
+def test_headers_give_the_size_and_the_pixels_after_draft_mode():
+    """What the per-request budgets add up: a 4000×3000 JPEG for a 96 px model decodes at 1/8."""
     jpeg = ImageInput(encoded=encoded(Image.new("RGB", (4000, 3000)), "JPEG"))
-    assert decoded_pixels(jpeg, 0, (96, 96), max_pixels=10**8) == 500 * 375
+    assert header(jpeg, 0, (96, 96), max_pixels=10**8) == Header(4000, 3000, 500 * 375)
     gif = ImageInput(encoded=encoded(Image.new("P", (3000, 2000)), "GIF"))
-    assert decoded_pixels(gif, 0, (96, 96), max_pixels=10**8) == 6_000_000
-    assert decoded_pixels(ImageInput(encoded=b"junk"), 0, (96, 96), max_pixels=10**8) == 0
+    assert header(gif, 0, (96, 96), max_pixels=10**8) == Header(3000, 2000, 6_000_000)
+    assert header(ImageInput(encoded=b"junk"), 0, (96, 96), max_pixels=10**8) == Header(0, 0, 0)

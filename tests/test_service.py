@@ -324,3 +324,33 @@ def test_options_threshold_max_detections_and_stream_classify(client):
     frames = [encode(classification_scene(6012, i, size=96).image) for i in range(3)]
     streamed = [r.results[0].labels[0].class_id for r in client.stream_classify(frames, "eca_classifier")]
     assert streamed == [client.classify([f], "eca_classifier").results[0].labels[0].class_id for f in frames]
+
+
+def wide_jpeg() -> bytes:
+    """2400×1200 (2.9 MP, under the test server's 4 MP per-image limit), a scene in the middle."""
+    scene = Image.fromarray(classification_scene(6031, 0, size=96).image).resize((1200, 1200))
+    canvas = Image.new("RGB", (2400, 1200), (90, 90, 90))
+    canvas.paste(scene, (600, 0))
+    return encode(canvas, "JPEG", quality=90)
+
+
+def test_maps_in_original_geometry_are_capped_at_max_map_side(client):
+    """The default 2048: a 2400×1200 original gets its maps at 2048×1024, the aspect kept; the result
+    still reports the original's size."""
+    reply = client.classify([wide_jpeg()], "cbam_classifier", select=["spatial"], geometry="original_image")
+    result = reply.results[0]
+    assert (result.image_size.width, result.image_size.height) == (2400, 1200)
+    assert result.maps and all(tuple(m.shape) == (1, 1024, 2048) for m in result.maps)
+
+
+def test_maps_that_would_not_fit_the_message_limit_are_refused_before_decoding(client):
+    """Every map as float16 on two 2400×1200 originals: each plane 2048×1024×2 bytes = 4 MiB, the CAM
+    one per class, about 80 MiB in all against the default 64 MiB message limit. Sized from the
+    headers, refused with the reason; the same maps as PNG heatmaps on the model grid are served."""
+    images = [wide_jpeg()] * 2
+    with pytest.raises(grpc.RpcError) as err:
+        client.classify(images, "cbam_classifier", select=["all"], geometry="original_image")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "over the server's max_message_mb of 64" in err.value.details()
+    reply = client.classify(images, "cbam_classifier", select=["all"], encoding="png_heatmap")
+    assert len(reply.results) == 2 and reply.results[0].maps

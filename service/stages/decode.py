@@ -75,20 +75,30 @@ def decode_encoded(data: bytes, index: int, target: tuple[int, int], max_pixels:
         raise invalid(f"image {index} could not be decoded ({kind}: {str(exc)[:200]})") from None
 
 
-def decoded_pixels(image: ImageInput, index: int, target: tuple[int, int], max_pixels: int) -> int:
-    """How many pixels ``image`` will decode to (after JPEG draft mode), from its header alone; 0 for
-    a header that cannot be read (decoding it then fails with the reason)."""
+@dataclass
+class Header:
+    """What an image's header says, before it is decoded."""
+
+    width: int  # the original's size, upright; 0 when the header cannot be read
+    height: int
+    decoded_pixels: int  # after JPEG draft mode
+
+
+def header(image: ImageInput, index: int, target: tuple[int, int], max_pixels: int) -> Header:
+    """``image``'s size and the pixels it will decode to, from its header alone (zeros for a header
+    that cannot be read: decoding it then fails with the reason)."""
     if image.encoded is None:
-        return max(image.height, 0) * max(image.width, 0)
+        height, width = max(image.height, 0), max(image.width, 0)
+        return Header(width, height, width * height)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            im = _opened(image.encoded, index, target, max_pixels)[0]
-            return im.size[0] * im.size[1]
+            im, width, height = _opened(image.encoded, index, target, max_pixels)
+            return Header(width, height, im.size[0] * im.size[1])
     except ServiceError:
         raise
     except Exception:
-        return 0
+        return Header(0, 0, 0)
 
 
 def _opened(

@@ -59,26 +59,67 @@ def select(manifest: Manifest, selectors: list[str]) -> list[AttentionOutput]:
     return [a for a in manifest.attention if a.name in chosen]
 
 
+def original_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The size of a map in original-image geometry: the original's, scaled down (aspect kept) so its
+    longer side is at most ``max_side``."""
+    scale = min(1.0, max_side / max(width, height, 1))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def response_bytes(
+    selected: list[AttentionOutput],
+    encoding: str,
+    geometry: str,
+    input_size: tuple[int, int],
+    original: tuple[int, int],
+    max_side: int,
+) -> int:
+    """What ``encode`` will produce for one image of ``original`` (W, H), from shapes alone: exact for
+    float16, the raw pixels (an upper bound) for PNG."""
+    w, h = original_size(*original, max_side) if geometry == ORIGINAL_IMAGE else input_size[::-1]
+    total = 0
+    for output in selected:
+        planes = output.shape[1] if output.kind in (CAM, SELF_ATTENTION_HEADS) else 1
+        if output.kind == CHANNEL or (encoding == FLOAT16 and geometry == MODEL_GRID):
+            total += 2 * int(np.prod(output.shape[1:]))
+        elif encoding == FLOAT16:
+            total += 2 * planes * w * h
+        else:
+            grid = (
+                (output.grid or output.shape[2:])
+                if geometry == MODEL_GRID and encoding == PNG_HEATMAP
+                else (h, w)
+            )
+            total += int(np.prod(grid)) * (1 if encoding == PNG_HEATMAP else 3)
+    return total
+
+
 def encode(
-    output: AttentionOutput, value: np.ndarray, encoding: str, geometry: str, view: ImageView, top_class: int
+    output: AttentionOutput,
+    value: np.ndarray,
+    encoding: str,
+    geometry: str,
+    view: ImageView,
+    top_class: int,
+    max_side: int,
 ) -> EncodedMap:
-    """``value``: one image's map without the batch axis, as the graph computes it."""
+    """``value``: one image's map without the batch axis, as the graph computes it; in original-image
+    geometry at most ``max_side`` on its longer side."""
     if output.kind == CHANNEL:
         return _encoded(output, value.astype("<f2"), FLOAT16, MODEL_GRID)
     if encoding == FLOAT16 and geometry == MODEL_GRID:
         return _encoded(output, value.astype("<f2"), FLOAT16, MODEL_GRID)
     planes = _planes(output.kind, value, top_class, every_plane=encoding == FLOAT16)
+    size = original_size(view.width, view.height, max_side)
     if geometry == ORIGINAL_IMAGE:
-        planes = np.stack([_onto_original(p, view) for p in planes])
+        planes = np.stack([_onto_original(p, view, size) for p in planes])
     if encoding == FLOAT16:
         return _encoded(output, planes.astype("<f2"), FLOAT16, geometry)
     heat = _normalized(planes[0])
     if encoding == PNG_HEATMAP:
         image = Image.fromarray((heat * 255 + 0.5).astype(np.uint8), mode="L")
     else:
-        background = (
-            view.fitted if geometry == MODEL_GRID else view.original.resize((view.width, view.height))
-        )
+        background = view.fitted if geometry == MODEL_GRID else view.original.resize(size)
         image = overlay(background, heat)
     return EncodedMap(
         output.name, output.kind, output.source, [image.height, image.width], encoding, geometry, _png(image)
@@ -108,18 +149,16 @@ def _planes(kind: str, value: np.ndarray, top_class: int, every_plane: bool) -> 
     return value.mean(axis=0, keepdims=True, dtype=np.float32)
 
 
-def _onto_original(plane: np.ndarray, view: ImageView) -> np.ndarray:
-    """Resample a grid plane onto the original image: each original pixel reads the grid where the model
-    saw it (grid cell = input pixels × grid / input size)."""
+def _onto_original(plane: np.ndarray, view: ImageView, size: tuple[int, int]) -> np.ndarray:
+    """Resample a grid plane onto the original image, drawn at ``size`` (W, H): each pixel reads the grid
+    where the model saw it (grid cell = input pixels × grid / input size)."""
     grid_h, grid_w = plane.shape
     input_h, input_w = view.fitted.height, view.fitted.width
     p = view.placement
     x0, x1 = p.offset_x * grid_w / input_w, (view.width * p.scale_x + p.offset_x) * grid_w / input_w
     y0, y1 = p.offset_y * grid_h / input_h, (view.height * p.scale_y + p.offset_y) * grid_h / input_h
     image = Image.fromarray(plane.astype(np.float32), mode="F")
-    resampled = image.transform(
-        (view.width, view.height), Image.Transform.EXTENT, (x0, y0, x1, y1), Image.Resampling.BILINEAR
-    )
+    resampled = image.transform(size, Image.Transform.EXTENT, (x0, y0, x1, y1), Image.Resampling.BILINEAR)
     return np.asarray(resampled, np.float32)
 
 

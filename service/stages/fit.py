@@ -2,6 +2,7 @@
 exporter fits its images), stacked into the batch tensor, with the view its maps are drawn onto."""
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,9 +10,8 @@ from PIL import Image
 
 from attnserve.imaging import Placement, fit, to_input
 from attnserve.manifest import InputSpec
-from attnserve.service.errors import invalid
 from attnserve.service.messages import ImageInput
-from attnserve.service.stages.decode import decode, decoded_pixels
+from attnserve.service.stages.decode import Header, decode, header
 
 
 @dataclass
@@ -33,17 +33,17 @@ class Prepared:
     preprocess_seconds: float
 
 
-def prepare(images: list[ImageInput], spec: InputSpec, max_pixels: int, max_request_pixels: int) -> Prepared:
-    """Decode and fit every image; the two stages timed apart. The pixels all images will decode to
-    are added up from their headers first: a request over ``max_request_pixels`` decodes none."""
-    total = sum(
-        decoded_pixels(image, i, (spec.height, spec.width), max_pixels) for i, image in enumerate(images)
+def prepare(
+    images: list[ImageInput],
+    spec: InputSpec,
+    max_pixels: int,
+    before_decoding: Callable[[list[Header]], None] = lambda headers: None,
+) -> Prepared:
+    """Decode and fit every image; the two stages timed apart. ``before_decoding`` sees every image's
+    header first (the request's budgets: service/dataplane.py) and may refuse the request."""
+    before_decoding(
+        [header(image, i, (spec.height, spec.width), max_pixels) for i, image in enumerate(images)]
     )
-    if total > max_request_pixels:
-        raise invalid(
-            f"the request's {len(images)} images decode to {total} pixels together, over the server's "
-            f"budget of {max_request_pixels} per request (max_request_pixels); send fewer or smaller images"
-        )
     decode_seconds = preprocess_seconds = 0.0
     fitted, views = [], []
     for i, image in enumerate(images):
