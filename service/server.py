@@ -62,15 +62,16 @@ async def serve(settings: Settings) -> int:
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [
-            VISION_SERVICE,
-            INFERENCE_SERVICE,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    if settings.reflection:  # it tells any caller every service and message: off where that matters
+        reflection.enable_server_reflection(
+            [
+                VISION_SERVICE,
+                INFERENCE_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
     for name in ("", VISION_SERVICE, INFERENCE_SERVICE):
         await health_servicer.set(name, NOT_SERVING)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")

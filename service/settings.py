@@ -62,6 +62,10 @@ class Settings:
     max_connection_age_s: float = field(
         default=0.0, metadata={"help": "close connections after this long so clients rebalance; 0: never"}
     )
+    reflection: bool = field(
+        default=True,
+        metadata={"help": "gRPC server reflection (service discovery for tools); false turns it off"},
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
 
     def validate(self) -> "Settings":
@@ -119,7 +123,19 @@ def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None 
     return dataclasses.replace(Settings(), **converted).validate()
 
 
+def _boolean(value: bool | str) -> bool:
+    """A TOML boolean, or a flag's or environment variable's text: true/false, yes/no, on/off, 1/0."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
 def _type_of(f: dataclasses.Field):
-    return {"Path": Path, "int": int, "float": float, "str": str}[
+    return {"Path": Path, "int": int, "float": float, "str": str, "bool": _boolean}[
         f.type if isinstance(f.type, str) else f.type.__name__
     ]

@@ -2,6 +2,7 @@
 validated against Kubernetes' own schemas, Prometheus rules checked and unit-tested by promtool, and the
 dashboard's queries checked against the metric names a live server exports."""
 
+import argparse
 import json
 import re
 import shutil
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from attnserve.service.settings import load as load_settings
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
@@ -80,7 +83,7 @@ def test_strict_validation_rejects_a_misspelled_field(tmp_path):
     assert result.returncode != 0 and "periodSecond" in result.stdout + result.stderr
 
 
-def test_deployment_probes_security_and_drain_fit_the_server():
+def test_deployment_probes_security_and_drain_fit_the_server(tmp_path):
     objects = render("cpu")
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
@@ -106,6 +109,9 @@ def test_deployment_probes_security_and_drain_fit_the_server():
     assert threads["ATTNSERVE_INTRA_OP_THREADS"] == "limits.cpu"
     config_map = next(o for o in objects if o["kind"] == "ConfigMap")
     settings = tomllib.loads(config_map["data"]["attnserve.toml"])
+    (tmp_path / "attnserve.toml").write_text(config_map["data"]["attnserve.toml"])
+    served = load_settings(argparse.Namespace(config=tmp_path / "attnserve.toml"), environ={})
+    assert served.reflection is False and served.port == 50051  # the file is one the server takes
     drain = (
         container["lifecycle"]["preStop"]["sleep"]["seconds"]
         + settings["shutdown_delay_s"]

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
 from attnserve.api.v1 import vision_pb2, vision_pb2_grpc
@@ -234,6 +235,34 @@ def test_settings_precedence_file_then_environment_then_flags(tmp_path):
         load(parser.parse_args(["--config", str(config)]), environ={})
     with pytest.raises(ValueError, match="max_batch_size must be at least 1"):
         load(parser.parse_args(["--max-batch-size", "0"]), environ={})
+
+
+def test_boolean_settings_read_toml_flags_and_environment(tmp_path):
+    config = tmp_path / "attnserve.toml"
+    config.write_text("reflection = false\n")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert load(parser.parse_args(["--config", str(config)]), environ={}).reflection is False
+    assert load(parser.parse_args([]), environ={"ATTNSERVE_REFLECTION": "on"}).reflection is True
+    assert load(parser.parse_args(["--reflection", "no"]), environ={}).reflection is False
+    with pytest.raises(SystemExit):  # argparse: "invalid _boolean value: 'maybe'"
+        parser.parse_args(["--reflection", "maybe"])
+    with pytest.raises(ValueError, match="'maybe' is not true or false"):
+        load(parser.parse_args([]), environ={"ATTNSERVE_REFLECTION": "maybe"})
+
+
+def test_reflection_can_be_turned_off_and_health_stays(demo_repository, tmp_path):
+    server = start_server(demo_repository, tmp_path / "log", "--reflection", "false")
+    try:
+        assert server.health() == health_pb2.HealthCheckResponse.SERVING
+        with grpc.insecure_channel(server.target) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            with pytest.raises(grpc.RpcError) as err:
+                next(stub.ServerReflectionInfo(iter([request]), timeout=5))
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        assert server.stop() == 0
 
 
 GENERATED = {
