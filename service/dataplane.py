@@ -34,7 +34,7 @@ from attnserve.service.metrics import Metrics
 from attnserve.service.readiness import Readiness
 from attnserve.service.registry import ModelRegistry, ServedModel
 from attnserve.service.settings import Settings
-from attnserve.service.stages.decode import Header
+from attnserve.service.stages.decode import Opened
 from attnserve.service.stages.encode import encode, response_bytes, select
 from attnserve.service.stages.fit import Prepared, prepare
 from attnserve.service.stages.postprocess import handler_for
@@ -173,7 +173,7 @@ class DataPlane:
         return self.readiness.model_ready(served.manifest.name)
 
     async def _prepared(
-        self, served: ServedModel, images: list[ImageInput], before_decoding: Callable[[list[Header]], None]
+        self, served: ServedModel, images: list[ImageInput], before_decoding: Callable[[list[Opened]], None]
     ) -> Prepared:
         """Decode and fit on the thread pool, announced to the batcher so a batch may wait for it."""
         served.batcher.announce()
@@ -199,7 +199,7 @@ class DataPlane:
 
     def _check_budgets(
         self,
-        headers: list[Header],
+        headers: list[Opened],
         manifest: Manifest | None = None,
         selected: list[AttentionOutput] = (),
         maps: MapRequest | None = None,

@@ -12,7 +12,7 @@ from attnserve.export.samples import folder_images
 from attnserve.imaging import RESIZE, fit, to_input, to_rgb
 from attnserve.service.errors import ServiceError
 from attnserve.service.messages import ImageInput
-from attnserve.service.stages.decode import Header, decode_encoded, decode_raw, header
+from attnserve.service.stages.decode import decode, decode_encoded, decode_raw, open_image
 
 
 def encoded(im: Image.Image, fmt: str = "PNG", **params) -> bytes:
@@ -88,10 +88,13 @@ def test_formats_beyond_the_documented_ones_are_not_tried(fmt):
         decode_encoded(encoded(Image.new("RGB", (8, 8), (1, 2, 3)), fmt), 0, (96, 96), max_pixels=10**7)
 
 
-def test_headers_give_the_size_and_the_pixels_after_draft_mode():
-    """What the per-request budgets add up: a 4000×3000 JPEG for a 96 px model decodes at 1/8."""
-    jpeg = ImageInput(encoded=encoded(Image.new("RGB", (4000, 3000)), "JPEG"))
-    assert header(jpeg, 0, (96, 96), max_pixels=10**8) == Header(4000, 3000, 500 * 375)
-    gif = ImageInput(encoded=encoded(Image.new("P", (3000, 2000)), "GIF"))
-    assert header(gif, 0, (96, 96), max_pixels=10**8) == Header(3000, 2000, 6_000_000)
-    assert header(ImageInput(encoded=b"junk"), 0, (96, 96), max_pixels=10**8) == Header(0, 0, 0)
+def test_opening_reads_the_size_and_the_pixels_after_draft_mode_from_the_header():
+    """What the per-request budgets add up, before any decoding: a 4000×3000 JPEG for a 96 px model
+    will decode at 1/8; the same opened file is what decoding finishes."""
+    jpeg = open_image(ImageInput(encoded=encoded(Image.new("RGB", (4000, 3000)), "JPEG")), 0, (96, 96), 10**8)
+    assert (jpeg.width, jpeg.height, jpeg.decoded_pixels) == (4000, 3000, 500 * 375)
+    assert decode(jpeg).image.size == (500, 375)
+    gif = open_image(ImageInput(encoded=encoded(Image.new("P", (3000, 2000)), "GIF")), 0, (96, 96), 10**8)
+    assert (gif.width, gif.height, gif.decoded_pixels) == (3000, 2000, 6_000_000)
+    with pytest.raises(ServiceError, match="image 2 \\(4 bytes\\) is not an image in a supported format"):
+        open_image(ImageInput(encoded=b"junk"), 2, (96, 96), 10**8)

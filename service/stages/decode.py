@@ -5,6 +5,8 @@ images."""
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,68 +39,75 @@ class Decoded:
         )
 
 
-def decode(image: ImageInput, index: int, target: tuple[int, int], max_pixels: int) -> Decoded:
-    """Request image ``index``, encoded or raw, as upright RGB; ``target`` (H, W): the model's input."""
+@dataclass
+class Opened:
+    """An image of a request opened from its header, not decoded yet: enough to size the request."""
+
+    index: int  # its place in the request, for messages
+    image: Image.Image  # opened lazily (JPEG draft mode set), or raw pixels already an image
+    width: int  # the original's size, upright (after EXIF orientation)
+    height: int
+    decoded_pixels: int  # what decoding will produce (after draft mode)
+    pending: bool = True  # encoded bytes still to decode; False for raw pixels
+
+
+def open_image(image: ImageInput, index: int, target: tuple[int, int], max_pixels: int) -> Opened:
+    """Request image ``index``, encoded or raw, read as far as its header; ``target`` (H, W): the model's
+    input. An encoded image is opened once, here, and ``decode`` finishes the same opened file.
+
+    Only the documented formats' decoders are tried (Pillow knows about 40, some of which call out to
+    other programs), and every step from the bytes to upright RGB is guarded: whatever a broken file
+    makes Pillow raise (OSError, but also TypeError, struct.error, …) is the caller's INVALID_ARGUMENT
+    naming the image, never an internal error."""
     if image.encoded is not None:
-        return decode_encoded(image.encoded, index, target, max_pixels)
+        if not image.encoded:
+            raise invalid(f"image {index} is empty")
+        with _guarded(index, len(image.encoded)):
+            im, width, height = _opened(image.encoded, index, target, max_pixels)
+        return Opened(index, im, width, height, im.size[0] * im.size[1])
     if image.rgb is not None:
-        return decode_raw(image.rgb, image.height, image.width, index, max_pixels)
+        raw = decode_raw(image.rgb, image.height, image.width, index, max_pixels)
+        return Opened(index, raw.image, raw.width, raw.height, raw.width * raw.height, pending=False)
     raise invalid(f"image {index} has neither encoded bytes nor raw pixels")
 
 
-def decode_encoded(data: bytes, index: int, target: tuple[int, int], max_pixels: int) -> Decoded:
-    """``target`` (H, W): a JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers the model input.
+def decode(opened: Opened) -> Decoded:
+    """The opened image decoded, upright RGB."""
+    if not opened.pending:
+        return Decoded(opened.image, opened.width, opened.height)
+    with _guarded(opened.index, None):
+        im = opened.image
+        im.seek(0)  # a GIF's first frame
+        im.load()
+        return Decoded(upright_rgb(im), opened.width, opened.height)
 
-    Only the documented formats' decoders are tried (Pillow knows about 40, some of which call out to
-    other programs), and every step from the bytes to upright RGB is inside one guard: whatever a
-    broken file makes Pillow raise (OSError, but also TypeError, struct.error, …) is the caller's
-    INVALID_ARGUMENT naming the image, never an internal error."""
-    if not data:
-        raise invalid(f"image {index} is empty")
+
+def decode_encoded(data: bytes, index: int, target: tuple[int, int], max_pixels: int) -> Decoded:
+    """Encoded bytes opened and decoded in one go; ``target`` (H, W): a JPEG decodes at 1/2, 1/4 or 1/8
+    scale when that still covers the model input."""
+    return decode(open_image(ImageInput(encoded=data), index, target, max_pixels))
+
+
+@contextmanager
+def _guarded(index: int, size: int | None) -> Iterator[None]:
+    """Pillow's warnings silenced, and whatever it raises turned into the caller's error for image
+    ``index`` (of ``size`` bytes, when known)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            im, width, height = _opened(data, index, target, max_pixels)
-            im.seek(0)  # a GIF's first frame
-            im.load()
-            return Decoded(upright_rgb(im), width, height)
+            yield
     except ServiceError:
         raise
     except UnidentifiedImageError:
+        given = f" ({size} bytes)" if size is not None else ""
         raise invalid(
-            f"image {index} ({len(data)} bytes) is not an image in a supported format ({', '.join(NAMES)})"
+            f"image {index}{given} is not an image in a supported format ({', '.join(NAMES)})"
         ) from None
     except Exception as exc:  # a malformed file can make any decoder step raise anything
         kind = type(exc).__qualname__
         if type(exc).__module__ != "builtins":
             kind = f"{type(exc).__module__}.{kind}"
         raise invalid(f"image {index} could not be decoded ({kind}: {str(exc)[:200]})") from None
-
-
-@dataclass
-class Header:
-    """What an image's header says, before it is decoded."""
-
-    width: int  # the original's size, upright; 0 when the header cannot be read
-    height: int
-    decoded_pixels: int  # after JPEG draft mode
-
-
-def header(image: ImageInput, index: int, target: tuple[int, int], max_pixels: int) -> Header:
-    """``image``'s size and the pixels it will decode to, from its header alone (zeros for a header
-    that cannot be read: decoding it then fails with the reason)."""
-    if image.encoded is None:
-        height, width = max(image.height, 0), max(image.width, 0)
-        return Header(width, height, width * height)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            im, width, height = _opened(image.encoded, index, target, max_pixels)
-            return Header(width, height, im.size[0] * im.size[1])
-    except ServiceError:
-        raise
-    except Exception:
-        return Header(0, 0, 0)
 
 
 def _opened(

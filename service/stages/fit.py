@@ -11,7 +11,7 @@ from PIL import Image
 from attnserve.imaging import Placement, fit, to_input
 from attnserve.manifest import InputSpec
 from attnserve.service.messages import ImageInput
-from attnserve.service.stages.decode import Header, decode, header
+from attnserve.service.stages.decode import Opened, decode, open_image
 
 
 @dataclass
@@ -37,18 +37,20 @@ def prepare(
     images: list[ImageInput],
     spec: InputSpec,
     max_pixels: int,
-    before_decoding: Callable[[list[Header]], None] = lambda headers: None,
+    before_decoding: Callable[[list[Opened]], None] = lambda opened: None,
 ) -> Prepared:
-    """Decode and fit every image; the two stages timed apart. ``before_decoding`` sees every image's
-    header first (the request's budgets: service/dataplane.py) and may refuse the request."""
-    before_decoding(
-        [header(image, i, (spec.height, spec.width), max_pixels) for i, image in enumerate(images)]
-    )
-    decode_seconds = preprocess_seconds = 0.0
+    """Decode and fit every image; the two stages timed apart. Every image is opened (its header read)
+    first, and ``before_decoding`` sees them all (the request's budgets: service/dataplane.py) and may
+    refuse the request before any pixel is decoded."""
+    target = (spec.height, spec.width)
+    t0 = time.perf_counter()
+    opened = [open_image(image, i, target, max_pixels) for i, image in enumerate(images)]
+    before_decoding(opened)
+    decode_seconds, preprocess_seconds = time.perf_counter() - t0, 0.0
     fitted, views = [], []
-    for i, image in enumerate(images):
+    for image in opened:
         t0 = time.perf_counter()
-        decoded = decode(image, i, (spec.height, spec.width), max_pixels)
+        decoded = decode(image)
         t1 = time.perf_counter()
         model_input, placement = fit(decoded.image, spec.height, spec.width, spec.resize)
         fitted.append(model_input)
