@@ -1,4 +1,5 @@
-# attnserve serving image: ONNX Runtime and the server, no torch. Build (see docs/deploy.md):
+# attnserve serving image: ONNX Runtime and the server; no torch, training code or demo weights.
+# Build (see docs/deploy.md):
 #   docker build -t attnserve .                                 CPU; mount a model repository at /models
 #   docker build --build-arg DEMO_MODELS=1 -t attnserve:demo .  the demo models exported and baked in
 #   docker build --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
@@ -32,15 +33,18 @@ RUN python3 -m venv /opt/attnserve \
     && /opt/attnserve/bin/pip install --no-cache-dir --no-deps --no-build-isolation .
 
 # The model repository baked into the image: empty by default (mount yours at /models); with
-# DEMO_MODELS=1 the shipped demo models, exported here with torch (CPU wheels), which stays in this stage
+# DEMO_MODELS=1 the shipped demo models, exported here with torch (CPU wheels) and attnserve-demo (their
+# weights), which stay in this stage
 FROM build AS models
 ARG DEMO_MODELS
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+COPY demo demo
 # hadolint ignore=DL3013
 RUN mkdir -p /models \
     && if [ "$DEMO_MODELS" = "1" ]; then \
         /opt/attnserve/bin/pip install --no-cache-dir --extra-index-url "$TORCH_INDEX" \
             --require-hashes --no-deps -r requirements/export.txt \
+        && /opt/attnserve/bin/pip install --no-cache-dir --no-deps --no-build-isolation ./demo \
         && /opt/attnserve/bin/attnserve export --demo --repository /models --no-progress; \
     fi
 

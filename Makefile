@@ -9,26 +9,29 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # Exactly what requirements/dev.txt pins, every file checked against its sha256 (the lock: see `lock`),
-# then attnserve itself, built with the locked setuptools. Re-installs when the lock changes.
-$(STAMP): pyproject.toml requirements/dev.txt
+# then attnserve and attnserve-demo (demo/: the demo weights and training code), editable, built with the
+# locked setuptools. Re-installs when the lock changes.
+$(STAMP): pyproject.toml demo/pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . -e ./demo
 	$(PY) -m pip check
 	touch $@
 
 # The lock: requirements/dev.txt resolves the whole environment (every extra but gpu: what `make install`
 # and CI use); the other files are subsets of it, pinned alike: serve.txt (the serving image),
 # export.txt (+ torch and the exporter), gpu.txt (serve with onnxruntime-gpu in place of onnxruntime).
+# attnserve-demo (demo/) asks for nothing beyond attnserve[export].
 # `make lock` follows pyproject.toml, changing as few pins as it can; `make lock UPGRADE=1` moves every
 # package to its newest allowed release.
 COMPILE = $(VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-find-links \
 	--no-emit-index-url --build-deps-for wheel pyproject.toml
 lock: install
-	$(COMPILE) --allow-unsafe --extra export --extra dev $(if $(UPGRADE),--upgrade) -o requirements/dev.txt
-	$(COMPILE) --allow-unsafe -c requirements/dev.txt -o requirements/serve.txt
-	$(COMPILE) --allow-unsafe --extra export -c requirements/dev.txt -o requirements/export.txt
-	$(COMPILE) --extra gpu --unsafe-package onnxruntime -c requirements/dev.txt -o requirements/gpu.txt
+	$(COMPILE) --allow-unsafe --extra server --extra export --extra dev $(if $(UPGRADE),--upgrade) \
+		-o requirements/dev.txt
+	$(COMPILE) --allow-unsafe --extra server -c requirements/dev.txt -o requirements/serve.txt
+	$(COMPILE) --allow-unsafe --extra server --extra export -c requirements/dev.txt -o requirements/export.txt
+	$(COMPILE) --allow-unsafe --extra gpu -c requirements/dev.txt -o requirements/gpu.txt
 
 # The suite against the newest releases pyproject.toml allows (no lock), in its own venv: run it now and
 # then to see an upstream release break us before users do. Lint stays with the locked ruff.
@@ -37,7 +40,7 @@ test-latest: prometheus
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet --upgrade pip
-	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[export,dev]'
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[server,export,dev]' -e ./demo
 	$(LATEST)/bin/pip list --format freeze > $(LATEST)/versions.txt
 	ATTNSERVE_UNLOCKED=1 $(LATEST)/bin/python -m pytest -p no:cacheprovider
 
@@ -66,7 +69,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Retrain the demo models into models/weights/ (tens of minutes per run on 2 CPU cores; about three and
+# Retrain the demo models into demo/weights/ (tens of minutes per run on 2 CPU cores; about three and
 # a half hours in all). A classifier from scratch sits near chance for its first ~400 steps (a global label, an
 # object anywhere in clutter), so both classifiers continue from one 1000-step CBAM warm-up run: the ECA
 # model takes the warm-up's convolutions (its attention modules are its own), CBAM takes more stages at
@@ -80,34 +83,34 @@ format: install
 # generators, the detector's before its attention was guided, the classifiers' last on today's; this
 # recipe runs every stage on today's.
 train: install
-	$(PY) -m attnserve.models.train harnet_detector --out runs/harnet_base.pt
-	$(PY) -m attnserve.models.train harnet_detector --init runs/harnet_base.pt --steps 1200 --lr 1.5e-3 --seed 3 \
+	$(PY) -m attnserve.demo.train harnet_detector --out runs/harnet_base.pt
+	$(PY) -m attnserve.demo.train harnet_detector --init runs/harnet_base.pt --steps 1200 --lr 1.5e-3 --seed 3 \
 		--out runs/harnet_stage2.pt
-	$(PY) -m attnserve.models.train harnet_detector --init runs/harnet_stage2.pt --steps 1200 --lr 1.5e-3 --seed 4
-	$(PY) -m attnserve.models.train fcos_detector --init models/weights/harnet_detector.pt --steps 2000 --lr 2e-3 --seed 5
-	$(PY) -m attnserve.models.train cbam_classifier --out runs/cbam_warmup.pt
-	$(PY) -m attnserve.models.train cbam_classifier --init runs/cbam_warmup.pt --steps 1200 --lr 2e-3 --out runs/cbam_stage2.pt
-	$(PY) -m attnserve.models.train cbam_classifier --init runs/cbam_stage2.pt --steps 800 --lr 1e-3 --seed 1 --out runs/cbam_stage3.pt
-	$(PY) -m attnserve.models.train cbam_classifier --init runs/cbam_stage3.pt --steps 1200 --lr 1e-3 --seed 2 --out runs/cbam_stage4.pt
-	$(PY) -m attnserve.models.train cbam_classifier --init runs/cbam_stage4.pt --steps 1500 --lr 2e-3 --seed 3 --train-size 20000 \
+	$(PY) -m attnserve.demo.train harnet_detector --init runs/harnet_stage2.pt --steps 1200 --lr 1.5e-3 --seed 4
+	$(PY) -m attnserve.demo.train fcos_detector --init demo/weights/harnet_detector.pt --steps 2000 --lr 2e-3 --seed 5
+	$(PY) -m attnserve.demo.train cbam_classifier --out runs/cbam_warmup.pt
+	$(PY) -m attnserve.demo.train cbam_classifier --init runs/cbam_warmup.pt --steps 1200 --lr 2e-3 --out runs/cbam_stage2.pt
+	$(PY) -m attnserve.demo.train cbam_classifier --init runs/cbam_stage2.pt --steps 800 --lr 1e-3 --seed 1 --out runs/cbam_stage3.pt
+	$(PY) -m attnserve.demo.train cbam_classifier --init runs/cbam_stage3.pt --steps 1200 --lr 1e-3 --seed 2 --out runs/cbam_stage4.pt
+	$(PY) -m attnserve.demo.train cbam_classifier --init runs/cbam_stage4.pt --steps 1500 --lr 2e-3 --seed 3 --train-size 20000 \
 		--out runs/cbam_broad.pt
-	$(PY) -m attnserve.models.train cbam_classifier --init runs/cbam_broad.pt --steps 2000 --lr 1.5e-3 --seed 4 --train-size 20000 \
+	$(PY) -m attnserve.demo.train cbam_classifier --init runs/cbam_broad.pt --steps 2000 --lr 1.5e-3 --seed 4 --train-size 20000 \
 		--resolutions 80 120
-	$(PY) -m attnserve.models.train eca_classifier --init runs/cbam_warmup.pt --steps 1200 --lr 2e-3 --out runs/eca_base.pt
-	$(PY) -m attnserve.models.train eca_classifier --init runs/eca_base.pt --steps 1200 --lr 2e-3 --seed 3 --train-size 20000 \
+	$(PY) -m attnserve.demo.train eca_classifier --init runs/cbam_warmup.pt --steps 1200 --lr 2e-3 --out runs/eca_base.pt
+	$(PY) -m attnserve.demo.train eca_classifier --init runs/eca_base.pt --steps 1200 --lr 2e-3 --seed 3 --train-size 20000 \
 		--out runs/eca_broad.pt
-	$(PY) -m attnserve.models.train eca_classifier --init runs/eca_broad.pt --steps 2000 --lr 1.5e-3 --seed 4 --train-size 20000 \
+	$(PY) -m attnserve.demo.train eca_classifier --init runs/eca_broad.pt --steps 2000 --lr 1.5e-3 --seed 4 --train-size 20000 \
 		--resolutions 80 120
-	$(PY) -m attnserve.models.train vit_classifier --init runs/cbam_stage4.pt --steps 2500 --lr 1e-3 --weight-decay 0.05 \
+	$(PY) -m attnserve.demo.train vit_classifier --init runs/cbam_stage4.pt --steps 2500 --lr 1e-3 --weight-decay 0.05 \
 		--train-size 30000 --out runs/vit_base.pt
-	$(PY) -m attnserve.models.train vit_classifier --init runs/vit_base.pt --steps 2500 --lr 7e-4 --weight-decay 0.05 \
+	$(PY) -m attnserve.demo.train vit_classifier --init runs/vit_base.pt --steps 2500 --lr 7e-4 --weight-decay 0.05 \
 		--seed 1 --train-size 30000 --out runs/vit_broad.pt
-	$(PY) -m attnserve.models.train vit_classifier --init runs/vit_broad.pt --steps 2500 --lr 5e-4 --weight-decay 0.05 \
+	$(PY) -m attnserve.demo.train vit_classifier --init runs/vit_broad.pt --steps 2500 --lr 5e-4 --weight-decay 0.05 \
 		--seed 4 --train-size 30000 --resolutions 80 120
 
 # Re-measure the demo models on 1000 held-out and 1000 shifted scenes and rewrite docs/models.md.
 evaluate: install
-	$(PY) -m attnserve.models.evaluate --write docs/models.md
+	$(PY) -m attnserve.demo.evaluate --write docs/models.md
 
 clean:
 	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache *.egg-info

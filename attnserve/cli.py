@@ -11,6 +11,8 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 GROUP = "attnserve.commands"
+# pyproject.toml's extras: the plain install is the client; a command may need one of these
+EXTRAS = "pip install 'attnserve[server]' to serve (or [gpu]), 'attnserve[export]' to export and import."
 
 
 def commands() -> dict[str, EntryPoint]:
@@ -45,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         status = available[argv[0]].load()(argv[1:])
         sys.stdout.flush()  # here, so a closed pipe is found inside the try and not at exit
         return status
+    except ModuleNotFoundError as e:
+        if (e.name or "attnserve").split(".")[0] == "attnserve":
+            raise  # our own module missing is a broken install, not a missing extra
+        print(f"attnserve {argv[0]}: this install lacks the {e.name!r} package; {EXTRAS}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # the reader went away (`attnserve predict ... | head`): stop quietly, as Unix tools do; stdout
         # goes to devnull so Python's own flush at exit cannot raise again

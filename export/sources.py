@@ -42,15 +42,15 @@ def from_arch(name: str, checkpoint: Path | None) -> SourceModel:
             "or export your own model with --factory MODULE:CALLABLE."
         )
     config = zoo.ARCH_PRESETS[name]
-    shipped = zoo.demo_checkpoint(name)
-    path = checkpoint or (shipped if shipped.exists() else None)
+    shipped = shipped_weights(name) if checkpoint is None else None
+    path = checkpoint or shipped
     labels = list(CLASS_NAMES)
     weights = "random"
     payload = None
     if path is not None:
         payload = read_checkpoint(path)
         labels = list(payload.get("class_names") or labels) if isinstance(payload, dict) else labels
-        weights = "shipped demo weights" if path == shipped else "checkpoint"
+        weights = "shipped demo weights" if shipped else "checkpoint"
     module = zoo.build_model(config, tuple(labels))
     if payload is not None:
         load_weights(module, payload, path)
@@ -67,10 +67,27 @@ def from_arch(name: str, checkpoint: Path | None) -> SourceModel:
         description={
             "arch": name,
             "config": config,
-            **checkpoint_record(path, shown=f"models/weights/{shipped.name}" if path == shipped else None),
+            **checkpoint_record(path, shown=f"demo/weights/{shipped.name}" if shipped else None),
             "weights": weights,
         },
     )
+
+
+def shipped_weights(name: str) -> Path | None:
+    """The demo model's shipped checkpoint, from the attnserve-demo distribution; None for a preset that
+    ships none (it exports with random weights, for benchmarks)."""
+    if name not in zoo.DEMO_MODELS:
+        return None
+    try:
+        from attnserve.demo import demo_checkpoint  # imported here: an optional distribution
+    except ModuleNotFoundError as e:
+        if e.name not in ("attnserve.demo", "attnserve"):
+            raise
+        raise ExportError(
+            f"--arch {name} without --checkpoint takes the shipped demo weights, which come with the "
+            "attnserve-demo distribution (pip install ./demo from the repository); or pass --checkpoint FILE."
+        ) from None
+    return demo_checkpoint(name)
 
 
 def from_factory(spec: str, kwargs_json: str | None, checkpoint: Path | None) -> nn.Module:

@@ -14,7 +14,7 @@ maps a transformer really has, computed in the graph:
 hybrid: a small stride-4 CNN, then patches of ``patch / 4`` of its features; ``stem="resnet"`` is ViT's
 own hybrid (the paper's ResNet stem, small): the first three stages of the demo classifiers' ResNet
 (stride 8, no attention gates), each cell of its features one token, so a classifier checkpoint's
-convolutions can start it (``models.train --init``). Inputs of any size whose
+convolutions can start it (``attnserve.demo.train --init``). Inputs of any size whose
 sides are multiples of ``patch`` work: the learned position embedding (for a ``grid``×``grid`` layout)
 is resized bilinearly to the input's patch grid.
 """

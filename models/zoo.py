@@ -17,9 +17,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "vit": VisionTransformer,
 }
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-
-# The demo models shipped in models/weights/, with the configs they were trained with.
+# The demo models, with the configs they were trained with; their weights ship apart, in attnserve.demo.
 DEMO_MODELS: dict[str, dict] = {
     "cbam_classifier": {"arch": "classifier", "attn": "cbam", "input_size": 96},
     "eca_classifier": {"arch": "classifier", "attn": "eca", "input_size": 96},
@@ -99,7 +97,3 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     model = build_model(payload["config"], tuple(payload["class_names"]))
     model.load_state_dict(payload["state_dict"])
     return model.eval(), payload["config"]
-
-
-def demo_checkpoint(name: str) -> Path:
-    return WEIGHTS_DIR / f"{name}.pt"

@@ -10,8 +10,9 @@ on the shifted set (0.85).
 import pytest
 import torch
 
-from attnserve.models.evaluate import evaluate
-from attnserve.models.zoo import DEMO_MODELS, demo_checkpoint, load_checkpoint
+from attnserve.demo import demo_checkpoint
+from attnserve.demo.evaluate import evaluate
+from attnserve.models.zoo import DEMO_MODELS, load_checkpoint
 
 # (metric, held-out floor, shifted floor): docs/models.md measures top-1 0.893 / 0.806 (cbam), 0.919 /
 # 0.812 (eca), 0.923 / 0.804 (vit), and mAP@0.5 0.968 / 0.897 (harnet) and 0.968 / 0.922 (fcos)

@@ -10,12 +10,13 @@ import torch
 import user_models
 
 from attnserve.client import VisionClient, map_array
+from attnserve.demo import demo_checkpoint
+from attnserve.demo.evaluate import to_tensor
 from attnserve.export.discovery import classify
 from attnserve.export.pipeline import ExportRequest, export_model
 from attnserve.manifest import MODEL_FILE, Manifest
-from attnserve.models.evaluate import to_tensor
 from attnserve.models.scenes import generate
-from attnserve.models.zoo import demo_checkpoint, load_checkpoint
+from attnserve.models.zoo import load_checkpoint
 from bench.harness import start_server
 
 STYLES = [

@@ -17,11 +17,12 @@ import torch
 import user_models
 from PIL import Image
 
+from attnserve.demo import demo_checkpoint
+from attnserve.demo.evaluate import to_tensor
 from attnserve.export.cli import main
 from attnserve.manifest import MANIFEST_FILE, METADATA_KEY, MODEL_FILE, Manifest
-from attnserve.models.evaluate import to_tensor
 from attnserve.models.scenes import generate
-from attnserve.models.zoo import DEMO_MODELS, demo_checkpoint, load_checkpoint
+from attnserve.models.zoo import DEMO_MODELS, load_checkpoint
 
 TESTS = Path(__file__).parent
 

@@ -1,11 +1,13 @@
 """Every way an export can be asked wrongly: a one-paragraph error naming the problem, exit status 2,
 and the repository untouched."""
 
+import sys
+
 import pytest
 import torch
 
+from attnserve.demo import demo_checkpoint
 from attnserve.export.cli import main
-from attnserve.models.zoo import demo_checkpoint
 
 
 @pytest.fixture
@@ -51,6 +53,13 @@ USER = ["--task", "classification", "--input-size", "32", "32", "--name", "user"
 )
 def test_bad_requests_fail_with_the_problem_named(capsys, repo, args, message):
     assert message in fails(capsys, repo, args)
+
+
+@pytest.mark.parametrize("args", [["--arch", "cbam_classifier"], ["--demo"]])
+def test_the_demo_weights_missing_names_their_distribution(capsys, repo, monkeypatch, args):
+    monkeypatch.setitem(sys.modules, "attnserve.demo", None)  # as without attnserve-demo installed
+    err = fails(capsys, repo, args)
+    assert "attnserve-demo distribution (pip install ./demo" in err and "--checkpoint" in err
 
 
 def test_unexportable_op_names_the_op_for_both_exporters(capsys, repo):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from attnserve.models import metrics
+from attnserve.demo import metrics
 
 
 def test_map_is_one_for_perfect_detections_and_drops_with_a_confident_false_positive():

@@ -11,13 +11,13 @@ import user_detectors
 from PIL import Image
 
 from attnserve.client import VisionClient, map_array
+from attnserve.demo.evaluate import to_tensor
 from attnserve.export.cli import main as export_main
 from attnserve.export.decode import DecodeSpec
 from attnserve.export.errors import ExportError
 from attnserve.export.import_cli import main as import_main
 from attnserve.export.pipeline import ExportRequest, export_model
 from attnserve.manifest import MODEL_FILE, Manifest
-from attnserve.models.evaluate import to_tensor
 from attnserve.models.scenes import detection_scene, generate
 from bench.harness import start_server
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from attnserve.models.metrics import boxes_mask
+from attnserve.demo.metrics import boxes_mask
+from attnserve.demo.train import attention_guidance_loss, fcos_targets, load_matching_weights, train
 from attnserve.models.scenes import CLASS_NAMES
-from attnserve.models.train import attention_guidance_loss, fcos_targets, load_matching_weights, train
 from attnserve.models.zoo import build_model, load_checkpoint, save_checkpoint
 
 TINY_CLASSIFIER = {"arch": "classifier", "attn": "se", "input_size": 64, "widths": [8, 16, 32, 32]}

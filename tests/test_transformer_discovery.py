@@ -9,10 +9,10 @@ import torch
 import user_transformers
 from test_vit import reference_rollout
 
+from attnserve.demo.evaluate import to_tensor
 from attnserve.export.pipeline import ExportRequest, export_model
 from attnserve.export.self_attention import AttentionLayer, _read_grid, _read_layout
 from attnserve.manifest import MODEL_FILE, Manifest
-from attnserve.models.evaluate import to_tensor
 from attnserve.models.scenes import generate
 
 CASES = [  # every attention style once, every token layout at least once

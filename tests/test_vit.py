@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from attnserve.client import VisionClient, map_array
+from attnserve.demo import metrics
 from attnserve.export.cli import main as export_main
 from attnserve.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
-from attnserve.models import metrics
 from attnserve.models.attention import MultiHeadSelfAttention
 from attnserve.models.scenes import CLASS_NAMES, classification_scene
 from attnserve.models.vit import VisionTransformer, rollout

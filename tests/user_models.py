@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnserve.models.zoo import demo_checkpoint, load_checkpoint
+from attnserve.demo import demo_checkpoint
+from attnserve.models.zoo import load_checkpoint
 
 
 # --- SE, torchvision/timm style: 1×1 convs and nn.Sigmoid inside nn.Sequential ------------------------

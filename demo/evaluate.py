@@ -3,8 +3,8 @@ points at the objects (pointing game, energy-in-box) next to the centre-point an
 Two sets: scenes in the training style (another seed), and scenes in the shifted style
 (attnserve.models.scenes.SHIFTED: sizes and styles outside every training range).
 
-    python -m attnserve.models.evaluate                       # the demo models, 1000 scenes of each set
-    python -m attnserve.models.evaluate --write docs/models.md
+    python -m attnserve.demo.evaluate                       # the demo models, 1000 scenes of each set
+    python -m attnserve.demo.evaluate --write docs/models.md
 """
 
 import argparse
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attnserve.models import metrics
+from attnserve.demo import metrics
 from attnserve.models.outputs import CAM, ROLLOUT, SELF_ATTENTION, SPATIAL
 from attnserve.models.scenes import generate
 from attnserve.models.zoo import is_detector
@@ -23,7 +23,7 @@ from attnserve.models.zoo import is_detector
 EVAL_SEED = 1000  # held out: training uses seed 1, validation seed 2
 SHIFTED_SEED = 2000
 SETS = {"held_out": (EVAL_SEED, False), "shifted": (SHIFTED_SEED, True)}  # name: (seed, shifted style)
-EVAL_COMMAND = "python -m attnserve.models.evaluate --write docs/models.md"
+EVAL_COMMAND = "python -m attnserve.demo.evaluate --write docs/models.md"
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -152,7 +152,8 @@ def markdown_report(results: dict[str, dict[str, dict]], count: int) -> str:
 
 
 def main() -> None:
-    from attnserve.models.zoo import DEMO_MODELS, demo_checkpoint, load_checkpoint
+    from attnserve.demo import demo_checkpoint
+    from attnserve.models.zoo import DEMO_MODELS, load_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(

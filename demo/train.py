@@ -1,7 +1,7 @@
 """Train a demo model on generated scenes, on CPU, reproducibly.
 
-python -m attnserve.models.train cbam_classifier            # one of the demo configs in models/zoo.py
-python -m attnserve.models.train harnet_detector --steps 3000 --out /tmp/det.pt
+python -m attnserve.demo.train cbam_classifier            # one of the demo configs in models/zoo.py
+python -m attnserve.demo.train harnet_detector --steps 3000 --out /tmp/det.pt
 """
 
 import argparse
@@ -14,20 +14,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from attnserve.models.evaluate import evaluate, to_tensor
+from attnserve.demo import demo_checkpoint
+from attnserve.demo.evaluate import evaluate, to_tensor
+from attnserve.demo.metrics import boxes_mask
 from attnserve.models.fcos import flatten_levels
-from attnserve.models.metrics import boxes_mask
 from attnserve.models.scenes import CLASS_NAMES, Scene, generate
 from attnserve.models.zoo import (
     DEMO_MODELS,
     build_model,
-    demo_checkpoint,
     is_detector,
     read_checkpoint,
     save_checkpoint,
 )
 
-TRAIN_SEED = 1  # validation and evaluation use other seeds (see models/evaluate.py)
+TRAIN_SEED = 1  # validation and evaluation use other seeds (see demo/evaluate.py)
 VAL_SEED = 2
 
 
@@ -178,7 +178,7 @@ def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float 
 
 # Weight of the attention guidance against the detection loss: with it the HAR-Net detector's spatial
 # maps learned to cover the objects and its mAP rose (0.954 → 0.972 in one 1200-step stage, by
-# `python -m attnserve.models.evaluate --checkpoint ... --count 400` on both); unguided, its stride-8 and
+# `python -m attnserve.demo.evaluate --checkpoint ... --count 400` on both); unguided, its stride-8 and
 # stride-16 maps were flat fields peaking at the corners
 ATTENTION_GUIDANCE_WEIGHT = 0.5
 
@@ -309,7 +309,7 @@ def main() -> None:
         metavar=("LO", "HI"),
         help="classifiers: resize each batch to a side in LO..HI (multiples of 8)",
     )
-    p.add_argument("--out", type=Path, default=None, help="checkpoint path (default models/weights/NAME.pt)")
+    p.add_argument("--out", type=Path, default=None, help="checkpoint path (default demo/weights/NAME.pt)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
