@@ -26,7 +26,7 @@ from attnserve.manifest import MANIFEST_FILE, Manifest
 from attnserve.models.outputs import ROLLOUT
 from bench import limits, report
 from bench.harness import start_server
-from bench.loadgen import run_load
+from bench.loadgen import LoadResult, run_load
 from bench.peer import start_mlserver
 from bench.workloads import ImageSet, TensorCalls, VisionCalls, image_set
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def bench_model(name: str, args, profile: dict) -> dict:
+def bench_model(name: str, args: argparse.Namespace, profile: dict) -> dict:
     repository = args.work / "repository"
     export(name, repository)
     version_dir = repository / name / "1"
@@ -237,7 +237,7 @@ def tensors(target: str, model: str, images: ImageSet, concurrency: int, load: d
     return _finished(asyncio.run(go()))
 
 
-def _finished(result) -> dict:
+def _finished(result: LoadResult) -> dict:
     summary = result.summary()
     if result.errors:
         summary["error_examples"] = result.error_examples

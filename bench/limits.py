@@ -2,6 +2,7 @@
 and PyTorch eager on the same model, with the same thread count."""
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,9 @@ import onnxruntime as ort
 from attnserve.manifest import MODEL_FILE, Manifest
 
 
-def _timed(run, batch: int, seconds: float, min_runs: int = 3) -> tuple[float, list[float]]:
+def _timed(
+    run: Callable[[], object], batch: int, seconds: float, min_runs: int = 3
+) -> tuple[float, list[float]]:
     """Images per second over back-to-back runs, and each run's seconds."""
     run()  # warm-up: allocations, kernel selection
     times = []

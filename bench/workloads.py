@@ -13,6 +13,7 @@ from PIL import Image
 from tritonclient.grpc import service_pb2 as v2  # the Open Inference Protocol's messages
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
+from attnserve.api.v1 import vision_pb2 as pb
 from attnserve.client import AsyncVisionClient
 from attnserve.imaging import fit, to_input
 from attnserve.manifest import MODEL_FILE, Manifest
@@ -64,12 +65,12 @@ class VisionCalls:
     ) -> None:
         self.client, self.model, self.images, self.select = client, model, images, list(select)
 
-    async def __call__(self, i: int):
+    async def __call__(self, i: int) -> tuple[int, pb.ClassifyResponse]:
         k = i % len(self.images.jpegs)
         reply = await self.client.classify([self.images.jpegs[k]], self.model, top_k=1, select=self.select)
         return k, reply
 
-    def check(self, outcome) -> None:
+    def check(self, outcome: tuple[int, pb.ClassifyResponse]) -> None:
         k, reply = outcome
         result = reply.results[0]
         check_top1(self.images.probabilities[k], result.labels[0].class_id, result.labels[0].score)
@@ -92,11 +93,11 @@ class TensorCalls:
             request.raw_input_contents.append(np.ascontiguousarray(tensor).tobytes())
             self.requests.append(request)
 
-    async def __call__(self, i: int):
+    async def __call__(self, i: int) -> tuple[int, v2.ModelInferResponse]:
         k = i % len(self.requests)
         return k, await self.stub.ModelInfer(self.requests[k], timeout=60)
 
-    def check(self, outcome) -> None:
+    def check(self, outcome: tuple[int, v2.ModelInferResponse]) -> None:
         k, reply = outcome
         index = [o.name for o in reply.outputs].index("probabilities")
         if reply.raw_output_contents:

@@ -8,9 +8,11 @@ with VisionClient("localhost:50051") as client:
 import io
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from PIL import Image
 
 from attnserve.api.v1 import vision_pb2 as pb
@@ -18,6 +20,7 @@ from attnserve.api.v1 import vision_pb2_grpc
 
 ImageLike = bytes | str | Path | np.ndarray | Image.Image
 DEFAULT_MAX_MESSAGE_MB = 64
+_Request = TypeVar("_Request", pb.ClassifyRequest, pb.DetectRequest)
 
 
 def image_message(image: ImageLike) -> pb.Image:
@@ -46,7 +49,7 @@ def map_options(
     )
 
 
-def _enum(enum, prefix: str, name: str) -> int:
+def _enum(enum: EnumTypeWrapper, prefix: str, name: str) -> int:
     try:
         return enum.Value(prefix + name.upper())
     except ValueError:
@@ -56,7 +59,12 @@ def _enum(enum, prefix: str, name: str) -> int:
 
 
 def classify_request(
-    images, model, version=0, top_k=None, score_threshold=None, **maps
+    images: Iterable[ImageLike],
+    model: str,
+    version: int = 0,
+    top_k: int | None = None,
+    score_threshold: float | None = None,
+    **maps,
 ) -> pb.ClassifyRequest:
     request = pb.ClassifyRequest(
         model=model, version=version, images=[image_message(i) for i in images], maps=map_options(**maps)
@@ -65,7 +73,12 @@ def classify_request(
 
 
 def detect_request(
-    images, model, version=0, score_threshold=None, max_detections=None, **maps
+    images: Iterable[ImageLike],
+    model: str,
+    version: int = 0,
+    score_threshold: float | None = None,
+    max_detections: int | None = None,
+    **maps,
 ) -> pb.DetectRequest:
     request = pb.DetectRequest(
         model=model, version=version, images=[image_message(i) for i in images], maps=map_options(**maps)
@@ -73,7 +86,7 @@ def detect_request(
     return _with_present(request, score_threshold=score_threshold, max_detections=max_detections)
 
 
-def _with_present(request, **optional):
+def _with_present(request: _Request, **optional: float | None) -> _Request:
     """Set the optional fields that were given; unset ones keep their server-side defaults."""
     for name, value in optional.items():
         if value is not None:

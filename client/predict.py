@@ -5,6 +5,7 @@ import argparse
 import io
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import grpc
@@ -13,6 +14,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from PIL import Image, ImageDraw
 
+from attnserve.api.v1 import vision_pb2 as pb
 from attnserve.client.clients import VisionClient
 from attnserve.maps import CAM, CHANNEL, ROLLOUT, SELF_ATTENTION, SPATIAL
 
@@ -96,12 +98,12 @@ def _int64_as_numbers(message: Message, data: dict) -> None:
 DEFAULT_OVERLAYS = ([CAM], [ROLLOUT, SELF_ATTENTION], [SPATIAL])  # a transformer: rollout and blocks
 
 
-def _default_overlay_maps(info) -> list[str]:
+def _default_overlay_maps(info: pb.ModelInfo) -> list[str]:
     kinds = {a.kind for a in info.attention}
     return next((list(k) for k in DEFAULT_OVERLAYS if k[0] in kinds), [])
 
 
-def _describe(result, task: str) -> str:
+def _describe(result: pb.Classification | pb.DetectionResult, task: str) -> str:
     if task == "classification":
         return ", ".join(f"{s.label} {s.score:.3f}" for s in result.labels) or "(nothing above the threshold)"
     boxes = [
@@ -111,7 +113,9 @@ def _describe(result, task: str) -> str:
     return "; ".join(boxes) or "(no detections)"
 
 
-def _write_overlays(folder: Path, images: list[Path], results, task: str) -> list[Path]:
+def _write_overlays(
+    folder: Path, images: list[Path], results: Iterable[pb.Classification | pb.DetectionResult], task: str
+) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for path, result in zip(images, results, strict=True):
@@ -130,7 +134,7 @@ def _write_overlays(folder: Path, images: list[Path], results, task: str) -> lis
     return written
 
 
-def _without_map_bytes(data):
+def _without_map_bytes(data: object) -> object:
     """Map bytes are base64 in JSON: replace them with their length to keep the output readable."""
     if isinstance(data, dict):
         return {

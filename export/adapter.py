@@ -57,7 +57,7 @@ class ExportAdapter(nn.Module):
         return (*predictions, *maps)
 
 
-def classification_outputs(out) -> tuple[torch.Tensor, torch.Tensor]:
+def classification_outputs(out: object) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits from a tensor, a dict's "logits", or a tuple's first element; probabilities by softmax
     unless the model returns its own."""
     probabilities = None
@@ -78,7 +78,7 @@ def classification_outputs(out) -> tuple[torch.Tensor, torch.Tensor]:
     return logits, probabilities
 
 
-def detection_outputs(out) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def detection_outputs(out: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(boxes N×K×4 x1y1x2y2 input pixels, scores N×K, classes N×K int64) from a dict or a 3-tuple."""
     if isinstance(out, dict):
         parts = (out.get("boxes"), out.get("scores"), out.get("classes", out.get("labels")))
@@ -105,7 +105,7 @@ def detection_outputs(out) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return boxes, scores, classes.to(torch.int64)
 
 
-def describe(out) -> str:
+def describe(out: object) -> str:
     if isinstance(out, torch.Tensor):
         return f"a tensor of shape {tuple(out.shape)}"
     if isinstance(out, dict):

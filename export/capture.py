@@ -18,7 +18,9 @@ model as written.
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +45,7 @@ SIX_CLAMPS = {F.relu6, F.hardtanh, torch.clamp, torch.Tensor.clamp, torch.clip, 
 SCALINGS = {"div": 6.0, "__truediv__": 6.0, "true_divide": 6.0, "mul": 1 / 6, "__mul__": 1 / 6}
 
 
-def _clamps_to_six(func, args: tuple, kwargs: dict) -> bool:
+def _clamps_to_six(func: Callable[..., Any], args: tuple, kwargs: dict) -> bool:
     if func is F.relu6:
         return True
     if func is F.hardtanh:
@@ -75,13 +77,13 @@ class _ScopedMode(TorchFunctionMode):
     def scope(self) -> str:
         return self._scopes[-1] if self._scopes else ""
 
-    def _enter(self, name: str):
-        def hook(module, args):
+    def _enter(self, name: str) -> Callable[[nn.Module, tuple], None]:
+        def hook(module: nn.Module, args: tuple) -> None:
             self._scopes.append(name)
 
         return hook
 
-    def _leave(self, module, args, output):
+    def _leave(self, module: nn.Module, args: tuple, output: object) -> None:
         self._scopes.pop()
 
     def __exit__(self, *exc):
@@ -98,7 +100,9 @@ class GateRecorder(_ScopedMode):
         self.records: list[GateRecord] = []
         self._clamped: dict[int, torch.Tensor] = {}  # id → a [0, 6] clamp's output (kept alive)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self, func: Callable[..., Any], types: tuple[type, ...], args: tuple = (), kwargs: dict | None = None
+    ):
         out = func(*args, **(kwargs or {}))
         if func in GATE_FUNCTIONS and isinstance(out, torch.Tensor):
             self.records.append(GateRecord(self.scope, out.detach().clone()))
@@ -112,7 +116,7 @@ class GateRecorder(_ScopedMode):
         return out
 
 
-def _scales_clamp(func, args: tuple, clamped: dict[int, torch.Tensor]) -> bool:
+def _scales_clamp(func: Callable[..., Any], args: tuple, clamped: dict[int, torch.Tensor]) -> bool:
     """Whether this is a [0, 6] clamp divided by 6 or times 1/6: a hard sigmoid's last step."""
     factor = SCALINGS.get(getattr(func, "__name__", ""))
     if factor is None or len(args) != 2:
@@ -121,7 +125,7 @@ def _scales_clamp(func, args: tuple, clamped: dict[int, torch.Tensor]) -> bool:
     return id(tensor) in clamped and isinstance(scalar, (int, float)) and abs(scalar - factor) < 1e-6
 
 
-def _per_head(out) -> bool:
+def _per_head(out: object) -> bool:
     return isinstance(out, tuple) and isinstance(out[1], torch.Tensor) and out[1].dim() == 4
 
 
@@ -181,8 +185,8 @@ class ExplicitAttention(_ScopedMode):
         if source not in self.sources:
             self.sources.append(source)
 
-    def _weights_on(self, name: str):
-        def hook(module, args, kwargs):
+    def _weights_on(self, name: str) -> Callable[[nn.MultiheadAttention, tuple, dict], tuple[tuple, dict]]:
+        def hook(module: nn.MultiheadAttention, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             bound = _MHA_SIGNATURE.bind(module, *args, **kwargs).arguments
             bound.pop("self")
             self._asked.append({k: bound.get(k, True) for k in ("need_weights", "average_attn_weights")})
@@ -191,14 +195,22 @@ class ExplicitAttention(_ScopedMode):
 
         return hook
 
-    def _weights_as_asked(self, module, args, kwargs, output):
+    def _weights_as_asked(
+        self,
+        module: nn.MultiheadAttention,
+        args: tuple,
+        kwargs: dict,
+        output: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         asked = self._asked.pop()
         attended, weights = output
         if not asked["need_weights"]:
             return attended, None
         return attended, weights.mean(dim=1) if asked["average_attn_weights"] else weights
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self, func: Callable[..., Any], types: tuple[type, ...], args: tuple = (), kwargs: dict | None = None
+    ):
         if func is F.scaled_dot_product_attention:
             self._note(self.scope)
             return explicit_scaled_dot_product_attention(*args, **(kwargs or {}))

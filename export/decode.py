@@ -80,7 +80,7 @@ class HeadDecoder(nn.Module):
         self.classes = classes
         self.input_size = input_size
 
-    def forward(self, out) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, out: object) -> tuple[torch.Tensor, torch.Tensor]:
         if self.spec.layout == "candidates":
             boxes, scores, objectness = self._candidates(out)
             boxes = _xyxy(boxes) if self.spec.box_format == "cxcywh" else boxes
@@ -98,7 +98,7 @@ class HeadDecoder(nn.Module):
             return torch.softmax(t, dim=-1)
         return t
 
-    def _candidates(self, out) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _candidates(self, out: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         k = self.classes
         objectness = None
         if isinstance(out, dict) and "boxes" in out and "scores" in out:
@@ -133,7 +133,7 @@ class HeadDecoder(nn.Module):
             raise self._unfit(out, f"boxes N×A×4, scores N×A×{k} and objectness N×A must agree")
         return boxes, scores, None if objectness is None else objectness[..., None]
 
-    def _dense(self, out) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _dense(self, out: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if isinstance(out, dict):
             levels = (out.get("cls"), out.get("reg"), out.get("ctr"))
         elif isinstance(out, (tuple, list)) and len(out) in (2, 3):
@@ -193,7 +193,7 @@ class HeadDecoder(nn.Module):
             x1, y1, x2, y2 = cx - half_w, cy - half_h, cx + half_w, cy + half_h
         return torch.stack([x1, y1, x2, y2], dim=-1).flatten(1, 2)
 
-    def _unfit(self, out, why: str) -> ExportError:
+    def _unfit(self, out: object, why: str) -> ExportError:
         expected = {
             "candidates": "boxes N×A×4 and class scores N×A×K (a dict with 'boxes', 'scores' and optional "
             "'objectness', a tuple in that order, or one packed N×A×(4+[1]+K) or N×(4+[1]+K)×A tensor)",

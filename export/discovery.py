@@ -173,7 +173,9 @@ def find_gates(proto: onnx.ModelProto) -> list[Gate]:
     return gates
 
 
-def _pooled_feature(tensor: str, consumers, producer) -> str | None:
+def _pooled_feature(
+    tensor: str, consumers: dict[str, list[onnx.NodeProto]], producer: dict[str, onnx.NodeProto]
+) -> str | None:
     """The 4-d feature a softmax's weights pool by a MatMul (through reshapes), else None."""
     pending, seen = [tensor], set()
     while pending:
@@ -192,7 +194,7 @@ def _pooled_feature(tensor: str, consumers, producer) -> str | None:
     return None
 
 
-def _through_copies(tensor: str, producer) -> onnx.NodeProto | None:
+def _through_copies(tensor: str, producer: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
     """The node that computes ``tensor``, looking through Identity copies."""
     node = producer.get(tensor)
     while node is not None and node.op_type == "Identity":
@@ -200,7 +202,12 @@ def _through_copies(tensor: str, producer) -> onnx.NodeProto | None:
     return node
 
 
-def _permuted_from(feature: str, product: str, producer, consumers) -> list[int]:
+def _permuted_from(
+    feature: str,
+    product: str,
+    producer: dict[str, onnx.NodeProto],
+    consumers: dict[str, list[onnx.NodeProto]],
+) -> list[int]:
     """The perm of the Transpose that made ``feature`` a permuted view of a 4-d tensor, where the gated
     ``product`` is permuted back (permute → gate → multiply → permute back), else []. A feature that is
     only a Transpose's output (NHWC back to NCHW) is a feature in its own right."""
@@ -223,7 +230,7 @@ def _inverse(perm: list[int]) -> list[int]:
 
 
 def _arithmetic_hard_sigmoids(
-    graph: onnx.GraphProto, consumers, producer
+    graph: onnx.GraphProto, consumers: dict[str, list[onnx.NodeProto]], producer: dict[str, onnx.NodeProto]
 ) -> list[tuple[str, str, onnx.NodeProto]]:
     """``relu6(x + 3) / 6`` and ``clamp(x + 3, 0, 6) / 6`` (MobileNetV3's h_sigmoid, written out): a Clip
     to [0, 6] of x + 3, divided by 6 or times 1/6. Returns (the scaled output, x, the Clip node)."""
@@ -401,7 +408,9 @@ def _same_gate(node: onnx.NodeProto, tensor: str, constants: set[str]) -> bool:
     return node.op_type in ("Add", "Mul", "Div") and bool(others) and all(o in constants for o in others)
 
 
-def _gate_values(outputs: list[str], consumers, constants: set[str]) -> set[str]:
+def _gate_values(
+    outputs: list[str], consumers: dict[str, list[onnx.NodeProto]], constants: set[str]
+) -> set[str]:
     """Every tensor that is a gate op's output, reshaped, offset or rescaled."""
     seen, stack = set(outputs), list(outputs)
     while stack:
@@ -413,7 +422,13 @@ def _gate_values(outputs: list[str], consumers, constants: set[str]) -> set[str]
     return seen
 
 
-def _gating_product(tensor: str, consumers, constants: set[str], gated: set[str], depth: int = 0):
+def _gating_product(
+    tensor: str,
+    consumers: dict[str, list[onnx.NodeProto]],
+    constants: set[str],
+    gated: set[str],
+    depth: int = 0,
+) -> tuple[onnx.NodeProto, str] | None:
     """(the Mul node, the feature it multiplies) where ``tensor`` ends up gating a feature, else None.
     A product of two gates (``x * (a_h * a_w)``) is followed to the feature it multiplies."""
     if depth > 8:
@@ -432,7 +447,7 @@ def _gating_product(tensor: str, consumers, constants: set[str], gated: set[str]
     return None
 
 
-def _descendants(tensor: str, consumers) -> set[str]:
+def _descendants(tensor: str, consumers: dict[str, list[onnx.NodeProto]]) -> set[str]:
     seen, stack = set(), [tensor]
     while stack:
         for node in consumers.get(stack.pop(), []):

@@ -11,6 +11,7 @@ import io
 import logging
 import re
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import onnx
@@ -111,7 +112,7 @@ def _check_dynamic_batch(proto: onnx.ModelProto, sample: torch.Tensor) -> None:
 
 
 @contextlib.contextmanager
-def quiet():
+def quiet() -> Iterator[None]:
     """The exporters and the quantiser print progress and warnings meant for their developers; keep the
     report readable (failures still surface as exceptions)."""
     names = ("", "torch.onnx", "torch.export", "torch._dynamo", "onnxscript")  # "": the root logger

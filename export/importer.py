@@ -23,6 +23,7 @@ original graph's raw outputs.
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +90,7 @@ class ImportRequest:
     overwrite: bool = False
 
 
-def import_model(req: ImportRequest, log=print) -> tuple[Path, Manifest]:
+def import_model(req: ImportRequest, log: Callable[[str], None] = print) -> tuple[Path, Manifest]:
     started = time.perf_counter()
     if (req.image_mean is None) != (req.image_std is None) or (req.image_std and min(req.image_std) <= 0):
         raise ExportError("pass --image-mean and --image-std together (three values each), std positive.")
@@ -305,7 +306,9 @@ def _with_dynamic_batch(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _with_unpinned_reshapes(proto: onnx.ModelProto, sample: np.ndarray, log) -> onnx.ModelProto:
+def _with_unpinned_reshapes(
+    proto: onnx.ModelProto, sample: np.ndarray, log: Callable[[str], None]
+) -> onnx.ModelProto:
     """Reshapes to a constant shape [1, …] of a computed tensor rewritten to [0, …] (0: copy the input's
     dimension, so the batch), if the graph then runs per image at batch 8; else ``proto`` unchanged."""
     out = onnx.ModelProto()

@@ -5,7 +5,7 @@ import contextlib
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -20,10 +20,10 @@ from attnserve.export import nms, quantize, repository, samples
 from attnserve.export.adapter import CANDIDATE_OUTPUTS, INPUT_NAME, ExportAdapter
 from attnserve.export.capture import ExplicitAttention, GateRecorder
 from attnserve.export.decode import DecodeSpec, HeadDecoder
-from attnserve.export.discovery import cpu_session, discover, promote
+from attnserve.export.discovery import PromotedMap, cpu_session, discover, promote
 from attnserve.export.errors import ExportError
 from attnserve.export.exporters import MIN_OPSET, export_onnx
-from attnserve.export.self_attention import discover_self_attention, promote_self_attention
+from attnserve.export.self_attention import AttentionMap, discover_self_attention, promote_self_attention
 from attnserve.export.sources import SourceModel, checkpoint_record, from_arch, from_factory
 from attnserve.export.verify import (
     agreement,
@@ -45,7 +45,7 @@ from attnserve.manifest import (
     Manifest,
 )
 from attnserve.maps import CHANNEL
-from attnserve.models.outputs import PREDICTION
+from attnserve.models.outputs import PREDICTION, OutputSpec
 from attnserve.models.zoo import DEMO_MODELS
 
 ATTENTION_MODES = ("auto", "declared", "none")
@@ -353,7 +353,13 @@ def _labels(
     return labels
 
 
-def attention_outputs(proto, sample, declared, discovered, size) -> list[AttentionOutput]:
+def attention_outputs(
+    proto: onnx.ModelProto,
+    sample: np.ndarray,
+    declared: list[OutputSpec],
+    discovered: Sequence[PromotedMap | AttentionMap],
+    size: tuple[int, int],
+) -> list[AttentionOutput]:
     names = [s.name for s in declared]
     shapes = {}
     if names:
@@ -374,7 +380,9 @@ def attention_outputs(proto, sample, declared, discovered, size) -> list[Attenti
     return outputs
 
 
-def _reduce_precision(req, source, proto, names, resize) -> tuple[onnx.ModelProto, dict]:
+def _reduce_precision(
+    req: ExportRequest, source: SourceModel, proto: onnx.ModelProto, names: list[str], resize: str
+) -> tuple[onnx.ModelProto, dict]:
     size, task = source.input_size, source.task
     if req.calibration:
         images = samples.folder_images(req.calibration, size, resize, req.calibration_count)

@@ -154,7 +154,9 @@ def agreement_value(task: str, figures: dict) -> float:
     return figures["top1_agreement"] if task == CLASSIFICATION else figures["detection_agreement"]
 
 
-def _match(ref: dict, got: dict, i: int, keep_ref, keep_got, min_iou: float) -> tuple[list, int]:
+def _match(
+    ref: dict, got: dict, i: int, keep_ref: np.ndarray, keep_got: np.ndarray, min_iou: float
+) -> tuple[list, int]:
     """Greedy matching by score: pairs (ref index, got index) of one class with IoU ≥ ``min_iou``."""
     free = set(np.flatnonzero(keep_got).tolist())
     pairs, missed = [], 0

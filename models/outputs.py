@@ -1,8 +1,14 @@
 """Named model outputs: what each output is, so the exporter and the server can label it."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from attnserve.maps import CAM, CHANNEL, ROLLOUT, SELF_ATTENTION, SELF_ATTENTION_HEADS, SPATIAL
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # kinds of output: predictions, and the kinds of attention map (attnserve.maps) a model declares
 PREDICTION = "prediction"
@@ -17,7 +23,7 @@ class OutputSpec:
     source: str = ""  # path of the module that computes it, as in ``named_modules()``
 
 
-def attention_specs(prefix: str, attn_module, stride: int, source: str) -> list[OutputSpec]:
+def attention_specs(prefix: str, attn_module: nn.Module, stride: int, source: str) -> list[OutputSpec]:
     """Specs for the maps an attention module returns, named ``{prefix}_{map}``."""
     return [
         OutputSpec(f"{prefix}_{name}", kind, None if kind == CHANNEL else stride, source)

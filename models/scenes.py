@@ -40,7 +40,7 @@ def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(0, 256, 3))
 
 
-def _luminance(rgb) -> float:
+def _luminance(rgb: np.ndarray | tuple[int, int, int]) -> float:
     r, g, b = rgb
     return 0.299 * r + 0.587 * g + 0.114 * b
 

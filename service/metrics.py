@@ -1,6 +1,8 @@
 """Prometheus metrics, on their own HTTP port. Histograms (not summaries) so latency aggregates across
 replicas; buckets fit millisecond-scale inference."""
 
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 # seconds: 0.25 ms to 10 s
@@ -69,7 +71,7 @@ class Metrics:
             registry=r,
         )
 
-    def serve(self, host: str, port: int):
+    def serve(self, host: str, port: int) -> WSGIServer:
         """Start the /metrics HTTP server; returns it (``.server_port`` is the bound port)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return server

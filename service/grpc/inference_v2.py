@@ -44,25 +44,35 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
         self.metrics = metrics
         self.version = version
 
-    async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: pb.ServerReadyRequest, context) -> pb.ServerReadyResponse:
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.dataplane.readiness.server_ready)
 
-    async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
         try:
             version = version_number(request.version)
         except ServiceError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, version))
 
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(
             name="attnserve", version=self.version, extensions=["classification"]
         )
 
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
         async def work(deadline: float | None) -> pb.ModelMetadataResponse:
             described = self.dataplane.describe(request.name, version_number(request.version))
             m = described.manifest
@@ -83,7 +93,9 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
 
         return await observed(self.metrics, self.dataplane, "ModelMetadata", request.name, context, work)
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
         return await observed(
             self.metrics,
             self.dataplane,
@@ -94,7 +106,7 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelStreamInfer(
-        self, requests: AsyncIterator[pb.ModelInferRequest], context
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """One response per request; a failed request answers with its error and the stream goes on."""
         async for request in requests:
@@ -112,7 +124,7 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
                 yield pb.ModelStreamInferResponse(error_message=f"{code.name}: {value}")
 
     async def RepositoryIndex(
-        self, request: pb.RepositoryIndexRequest, context
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
         return pb.RepositoryIndexResponse(
             models=[
@@ -126,10 +138,14 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
             ]
         )
 
-    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context):
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NO_RUNTIME_LOADING)
 
-    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context):
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NO_RUNTIME_LOADING)
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:

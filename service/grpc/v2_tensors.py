@@ -2,12 +2,18 @@
 little-endian bytes, BYTES elements each behind a 4-byte length), raw outputs, version strings, and the
 classification extension's "score:index:label" strings."""
 
+from __future__ import annotations
+
 import math
 import struct
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from attnserve.service.errors import invalid
+
+if TYPE_CHECKING:
+    from attnserve.api.inference.v2 import grpc_predict_v2_pb2 as pb
 
 DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.float16): "FP16"}
 
@@ -25,7 +31,7 @@ def version_number(version: str) -> int:
     return int(version)
 
 
-def element_count(tensor, limit: int | None = None) -> int:
+def element_count(tensor: pb.ModelInferRequest.InferInputTensor, limit: int | None = None) -> int:
     """The number of elements a tensor's shape promises, checked before any data is read: a shape,
     no negative dimension, and (``limit``) not more elements than allowed."""
     shape = list(tensor.shape)
@@ -39,7 +45,7 @@ def element_count(tensor, limit: int | None = None) -> int:
     return count
 
 
-def fp32_tensor(tensor, raw: bytes | None) -> np.ndarray:
+def fp32_tensor(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
     count = element_count(tensor)
     shape = list(tensor.shape)
     if raw is not None:
@@ -54,7 +60,9 @@ def fp32_tensor(tensor, raw: bytes | None) -> np.ndarray:
     return np.asarray(values, np.float32).reshape(shape)
 
 
-def bytes_elements(tensor, raw: bytes | None, max_images: int) -> list[bytes]:
+def bytes_elements(
+    tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, max_images: int
+) -> list[bytes]:
     """A BYTES tensor's elements (each one encoded image): typed contents, or raw as 4-byte
     little-endian lengths and data. The count is checked against ``max_images`` from the shape first,
     and parsing stops at the first element past it, so a flood of tiny elements costs nothing."""

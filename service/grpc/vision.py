@@ -3,6 +3,9 @@
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
+import grpc
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
 from attnserve.api.v1 import vision_pb2 as pb
 from attnserve.api.v1 import vision_pb2_grpc
 from attnserve.manifest import CLASSIFICATION, DETECTION
@@ -21,25 +24,29 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         self.dataplane = dataplane
         self.metrics = metrics
 
-    async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
+    async def Classify(
+        self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClassifyResponse:
         return await self._call("Classify", request, context, self._classify)
 
-    async def Detect(self, request: pb.DetectRequest, context) -> pb.DetectResponse:
+    async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
         return await self._call("Detect", request, context, self._detect)
 
     async def StreamClassify(
-        self, requests: AsyncIterator[pb.ClassifyRequest], context
+        self, requests: AsyncIterator[pb.ClassifyRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ClassifyResponse]:
         async for request in requests:
             yield await self._call("StreamClassify", request, context, self._classify)
 
     async def StreamDetect(
-        self, requests: AsyncIterator[pb.DetectRequest], context
+        self, requests: AsyncIterator[pb.DetectRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DetectResponse]:
         async for request in requests:
             yield await self._call("StreamDetect", request, context, self._detect)
 
-    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
             models=[
                 pb.ModelVersions(
@@ -49,7 +56,9 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             ]
         )
 
-    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context) -> pb.ModelInfo:
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfo:
         try:
             described = self.dataplane.describe(request.model, request.version)
         except ServiceError as exc:
@@ -131,7 +140,13 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         ]
         return pb.DetectResponse(results=results, **_common(prediction))
 
-    async def _call(self, method: str, request, context, handler: Callable[..., Awaitable[T]]) -> T:
+    async def _call(
+        self,
+        method: str,
+        request: pb.ClassifyRequest | pb.DetectRequest,
+        context: grpc.aio.ServicerContext,
+        handler: Callable[..., Awaitable[T]],
+    ) -> T:
         return await observed(
             self.metrics,
             self.dataplane,
@@ -142,7 +157,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         )
 
 
-def images_of(request) -> list[ImageInput]:
+def images_of(request: pb.ClassifyRequest | pb.DetectRequest) -> list[ImageInput]:
     images = []
     for image in request.images:
         kind = image.WhichOneof("data")
@@ -161,7 +176,7 @@ def map_request_of(options: pb.MapOptions) -> MapRequest:
     return MapRequest(list(options.select), encoding, geometry)
 
 
-def _name_of(enum, value: int, prefix: str, names: tuple[str, ...], unspecified: str) -> str:
+def _name_of(enum: EnumTypeWrapper, value: int, prefix: str, names: tuple[str, ...], unspecified: str) -> str:
     """attnserve.maps' name for a wire enum value (attnserve/maps.py: the same name, upper case)."""
     name = enum.Name(value).removeprefix(prefix).lower() if value in enum.values() else ""
     if name == "unspecified":

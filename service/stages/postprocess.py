@@ -106,7 +106,7 @@ def handler_for(manifest: Manifest, asked: str) -> TaskHandler:
     return HANDLERS[manifest.task]
 
 
-def label(manifest: Manifest, class_id) -> str:
+def label(manifest: Manifest, class_id: int | np.integer) -> str:
     c = int(class_id)
     return manifest.labels[c] if 0 <= c < len(manifest.labels) else f"class_{c}"
 
