@@ -11,6 +11,8 @@ from pathlib import Path
 SCHEMA = 1
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
+# NAME/config.toml, beside the version folders: the model's serving settings (service.settings.ModelSettings)
+MODEL_CONFIG_FILE = "config.toml"
 METADATA_KEY = "attnserve.manifest"
 
 CLASSIFICATION = "classification"

@@ -35,7 +35,7 @@ from attnserve.export.pipeline import (
 from attnserve.export.repository import versions
 from attnserve.export.verify import agreement_value
 from attnserve.imaging import RESIZE_POLICIES
-from attnserve.manifest import PRECISIONS, TASKS
+from attnserve.manifest import PRECISIONS, TASKS, Manifest
 from attnserve.models.zoo import ARCH_PRESETS
 
 # every option's default is the request's own, stated once there
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary(path: Path, manifest) -> str:
+def summary(path: Path, manifest: Manifest) -> str:
     v = manifest.verification
     fp32 = v["parity_fp32_vs_pytorch"]
     worst = max(fp32["max_abs_diff"].values(), default=0.0)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import numpy as np
 
 from attnserve.manifest import AttentionOutput, Manifest
 from attnserve.service.errors import ServiceError, invalid
@@ -37,7 +38,7 @@ from attnserve.service.settings import Settings
 from attnserve.service.stages.decode import Opened
 from attnserve.service.stages.encode import encode, response_bytes, select
 from attnserve.service.stages.fit import Prepared, prepare
-from attnserve.service.stages.postprocess import handler_for
+from attnserve.service.stages.postprocess import check_task
 
 DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(float16)": "FP16"}
 
@@ -54,7 +55,8 @@ class DataPlane:
         started = time.perf_counter()
         served = self._served(request.model, request.version)
         manifest = served.manifest
-        handler = handler_for(manifest, request.task)
+        check_task(manifest, request.task)
+        handler = served.handler
         self._check_images(request.images)
         handler.check(request)
         selected = select(manifest, request.maps.select)
@@ -247,8 +249,8 @@ class DataPlane:
 
 
 def _encode(
-    selected,
-    outputs,
+    selected: list[AttentionOutput],
+    outputs: dict[str, np.ndarray],
     prepared: Prepared,
     results: list[ImageResult],
     request: MapRequest,

@@ -1,13 +1,16 @@
-"""The models being served: every version found in the repository, loaded at start-up."""
+"""The models being served: every version found in the repository, loaded at start-up with its model's
+settings."""
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from attnserve.manifest import Manifest, model_dirs, version_numbers
+from attnserve.manifest import MODEL_CONFIG_FILE, Manifest, model_dirs, version_numbers
 from attnserve.service.errors import not_found
-from attnserve.service.settings import Settings
+from attnserve.service.settings import ModelSettings, Settings
 from attnserve.service.stages.batch import Batcher
+from attnserve.service.stages.postprocess import TaskHandler, task_handler
 from attnserve.service.stages.run import OnnxModel
 
 log = logging.getLogger(__name__)
@@ -16,7 +19,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class ServedModel:
     model: OnnxModel
+    settings: ModelSettings
     batcher: Batcher
+    handler: TaskHandler  # the postprocess stage, with the model's defaults
 
     @property
     def manifest(self) -> Manifest:
@@ -65,23 +70,37 @@ def version_dirs(repository: Path) -> list[Path]:
     return found
 
 
-def load_repository(settings: Settings, registry: ModelRegistry, make_batcher, on_loaded) -> None:
-    """Load and warm up every version into ``registry``; one that fails is logged and left out.
-    ``on_loaded(served)`` runs after each one (the server marks it ready there)."""
+def load_repository(
+    settings: Settings,
+    registry: ModelRegistry,
+    make_batcher: Callable[[OnnxModel, ModelSettings], Batcher],
+    on_loaded: Callable[[ServedModel], None],
+) -> None:
+    """Load and warm up every version into ``registry``, each with its model's settings (the server's
+    under NAME/config.toml's); one that fails is logged and left out. ``on_loaded(served)`` runs after
+    each one (the server marks it ready there)."""
     for version_dir in version_dirs(Path(settings.repository)):
         key = f"{version_dir.parent.name}/{version_dir.name}"
         try:
             model = OnnxModel(
                 version_dir, settings.provider, settings.intra_op_threads, settings.inter_op_threads
             )
-            model.warm_up(settings.max_batch_size)
+            model_settings = ModelSettings.load(settings, version_dir.parent, model.manifest.task)
+            model.warm_up(model_settings.max_batch_size)
         except Exception as exc:
             log.error("model %s not loaded: %s", key, exc)
             registry.failed[key] = str(exc)
             continue
-        served = ServedModel(model, make_batcher(model))
+        served = ServedModel(
+            model,
+            model_settings,
+            make_batcher(model, model_settings),
+            task_handler(model.manifest, model_settings),
+        )
         registry.add(served)
         log.info("loaded %s on %s in %.2f s", key, model.provider, model.load_seconds)
+        if (version_dir.parent / MODEL_CONFIG_FILE).is_file():
+            log.info("model %s: %s", key, model_settings)
         for warning in model.warnings:
             log.warning("model %s: %s", key, warning)
         on_loaded(served)

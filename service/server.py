@@ -26,8 +26,9 @@ from attnserve.service.grpc.inference_v2 import InferenceServicer
 from attnserve.service.grpc.vision import VisionServicer
 from attnserve.service.metrics import Metrics
 from attnserve.service.registry import ModelRegistry, ServedModel, load_repository
-from attnserve.service.settings import Settings
+from attnserve.service.settings import ModelSettings, Settings
 from attnserve.service.stages.batch import Batcher
+from attnserve.service.stages.run import OnnxModel
 
 log = logging.getLogger("attnserve")
 VISION_SERVICE = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
@@ -106,12 +107,12 @@ async def serve(settings: Settings) -> int:
         metrics.model_ready.labels(m.name, str(m.version)).set(1)
         readiness.model_loaded(m.name)
 
-    def batcher(model) -> Batcher:
+    def batcher(model: OnnxModel, model_settings: ModelSettings) -> Batcher:
         return Batcher(
             model,
-            settings.max_batch_size,
-            settings.max_queue_delay_ms / 1000,
-            settings.max_queue_size,
+            model_settings.max_batch_size,
+            model_settings.max_queue_delay_ms / 1000,
+            model_settings.max_queue_size,
             metrics,
         )
 

@@ -1,12 +1,16 @@
-"""Server settings, in one typed place. Each comes from (lowest to highest precedence) its default, a
-TOML file (``--config``), an environment variable ``ATTNSERVE_<NAME>``, or a flag ``--<name>``."""
+"""Settings, in one typed place: the server's (``Settings``), each from (lowest to highest precedence)
+its default, a TOML file (``--config``), an environment variable ``ATTNSERVE_<NAME>``, or a flag
+``--<name>``; and each model's (``ModelSettings``), the server's overridden by the model's config.toml."""
 
 import argparse
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from attnserve.manifest import DETECTION, MODEL_CONFIG_FILE
 
 ENV_PREFIX = "ATTNSERVE_"
 PROVIDERS = ("auto", "cpu", "cuda")
@@ -66,6 +70,13 @@ class Settings:
         default=True,
         metadata={"help": "gRPC server reflection (service discovery for tools); false turns it off"},
     )
+    default_top_k: int = field(
+        default=5, metadata={"help": "labels a classification returns when the request sets no top_k"}
+    )
+    default_detection_threshold: float = field(
+        default=0.3,
+        metadata={"help": "score below which detections are left out when the request sets none"},
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
 
     def validate(self) -> "Settings":
@@ -80,12 +91,75 @@ class Settings:
             "max_images_per_request",
             "max_request_pixels",
             "max_map_side",
+            "default_top_k",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if min(self.max_queue_delay_ms, self.grace_period_s, self.shutdown_delay_s) < 0:
             raise ValueError("max_queue_delay_ms, shutdown_delay_s and grace_period_s cannot be negative")
+        _check_threshold("default_detection_threshold", self.default_detection_threshold)
         return self
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """One model's serving settings: the server-wide ones of the same names, overridden by the model's
+    own NAME/config.toml (beside its version folders) where it sets them. Read when the model loads;
+    an invalid file keeps the model from loading, with the reason, rather than serving it otherwise."""
+
+    max_batch_size: int
+    max_queue_delay_ms: float
+    max_queue_size: int
+    default_top_k: int  # classification
+    default_score_threshold: float  # classification: labels below it left out; detection: boxes
+    default_max_detections: int | None = None  # detection; None: every box above the threshold
+
+    @classmethod
+    def load(cls, server: Settings, model_dir: Path, task: str) -> "ModelSettings":
+        """``model_dir``'s settings over ``server``'s; ``task`` (the manifest's) picks the threshold."""
+        settings = cls(
+            server.max_batch_size,
+            server.max_queue_delay_ms,
+            server.max_queue_size,
+            server.default_top_k,
+            server.default_detection_threshold if task == DETECTION else 0.0,
+        )
+        path = model_dir / MODEL_CONFIG_FILE
+        if not path.is_file():
+            return settings
+        try:
+            with path.open("rb") as f:
+                values = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {', '.join(unknown)} (known: {', '.join(known)})")
+        for name, value in values.items():
+            wanted = (float, int) if known[name].type in ("float", float) else (int,)
+            if isinstance(value, bool) or not isinstance(value, wanted):
+                raise ValueError(f"{path}: {name} must be a number, not {value!r}")
+        settings = dataclasses.replace(settings, **values)
+        try:
+            return settings.validate()
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+    def validate(self) -> "ModelSettings":
+        for name in ("max_batch_size", "max_queue_size", "default_top_k", "default_max_detections"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value}")
+        if not (math.isfinite(self.max_queue_delay_ms) and self.max_queue_delay_ms >= 0):
+            raise ValueError(f"max_queue_delay_ms must be 0 or more, not {self.max_queue_delay_ms}")
+        _check_threshold("default_score_threshold", self.default_score_threshold)
+        return self
+
+
+def _check_threshold(name: str, value: float) -> None:
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise ValueError(f"{name} must be in [0, 1], not {value}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """The postprocess stage: one handler per task, which checks the task's own request fields and turns the
-model's outputs into results. The data plane asks ``handler_for(manifest.task)`` and never branches on
-the task itself."""
+model's outputs into results, with the model's defaults for what a request leaves unset. Each served
+model holds its handler (``task_handler``, at load); the data plane never branches on the task."""
 
 import math
 from typing import Protocol
@@ -10,10 +10,9 @@ import numpy as np
 from attnserve.manifest import CLASSIFICATION, DETECTION, Manifest
 from attnserve.service.errors import invalid
 from attnserve.service.messages import Detection, ImageResult, PredictRequest, ScoredLabel
+from attnserve.service.settings import ModelSettings
 from attnserve.service.stages.fit import ImageView
 
-DEFAULT_TOP_K = 5
-DEFAULT_DETECTION_THRESHOLD = 0.3
 CALLS = {CLASSIFICATION: "Classify", DETECTION: "Detect"}
 
 
@@ -35,6 +34,10 @@ class TaskHandler(Protocol):
 
 
 class Classification:
+    def __init__(self, defaults: ModelSettings) -> None:
+        self.top_k = defaults.default_top_k
+        self.floor = defaults.default_score_threshold
+
     def check(self, request: PredictRequest) -> None:
         if request.top_k is not None and request.top_k <= 0:
             raise invalid(f"top_k must be positive, not {request.top_k}")
@@ -48,8 +51,8 @@ class Classification:
         request: PredictRequest,
     ) -> list[ImageResult]:
         probabilities = outputs["probabilities"]
-        k = min(request.top_k or DEFAULT_TOP_K, probabilities.shape[1])
-        floor = request.score_threshold or 0.0
+        k = min(request.top_k or self.top_k, probabilities.shape[1])
+        floor = self.floor if request.score_threshold is None else request.score_threshold
         results = []
         for row, view in zip(probabilities, views, strict=True):
             best = np.argsort(-row, kind="stable")[:k]
@@ -62,6 +65,10 @@ class Classification:
 
 
 class Detections:
+    def __init__(self, defaults: ModelSettings) -> None:
+        self.threshold = defaults.default_score_threshold
+        self.max_detections = defaults.default_max_detections
+
     def check(self, request: PredictRequest) -> None:
         if request.max_detections is not None and request.max_detections <= 0:
             raise invalid(f"max_detections must be positive, not {request.max_detections}")
@@ -74,12 +81,13 @@ class Detections:
         views: list[ImageView],
         request: PredictRequest,
     ) -> list[ImageResult]:
-        floor = DEFAULT_DETECTION_THRESHOLD if request.score_threshold is None else request.score_threshold
+        floor = self.threshold if request.score_threshold is None else request.score_threshold
+        limit = request.max_detections or self.max_detections
         results = []
         per_image = zip(outputs["boxes"], outputs["scores"], outputs["classes"], views, strict=True)
         for boxes, scores, classes, view in per_image:
             order = [i for i in np.argsort(-scores, kind="stable") if scores[i] >= floor]
-            order = order[: request.max_detections]
+            order = order[:limit]
             original = view.placement.boxes_to_original(boxes[order])
             original[:, 0::2] = original[:, 0::2].clip(0, view.width)
             original[:, 1::2] = original[:, 1::2].clip(0, view.height)
@@ -96,14 +104,21 @@ class Detections:
         return [0] * count  # a detector has no CAM
 
 
-HANDLERS: dict[str, TaskHandler] = {CLASSIFICATION: Classification(), DETECTION: Detections()}
+HANDLERS: dict[str, type[Classification] | type[Detections]] = {
+    CLASSIFICATION: Classification,
+    DETECTION: Detections,
+}
 
 
-def handler_for(manifest: Manifest, asked: str) -> TaskHandler:
-    """The model's task handler; a call for the other task is refused, naming the right one."""
+def task_handler(manifest: Manifest, defaults: ModelSettings) -> TaskHandler:
+    """The handler for the model's task, with the model's defaults."""
+    return HANDLERS[manifest.task](defaults)
+
+
+def check_task(manifest: Manifest, asked: str) -> None:
+    """A call for the other task is refused, naming the right one."""
     if manifest.task != asked:
         raise invalid(f"model {manifest.name!r} is a {manifest.task} model; call {CALLS[manifest.task]}")
-    return HANDLERS[manifest.task]
 
 
 def label(manifest: Manifest, class_id: int | np.integer) -> str:
