@@ -5,13 +5,15 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-READY = re.compile(r"gRPC on [\d.]+:(\d+), metrics on http://[\d.]+:(\d+)/metrics")
+from attnserve.client import ChannelSecurity
+
+READY = re.compile(r"gRPC(?: \(TLS\))? on [\d.]+:(\d+), metrics on https?://[\d.]+:(\d+)/metrics")
 
 
 @dataclass
@@ -20,6 +22,7 @@ class ServerProcess:
     port: int
     metrics_port: int
     log_path: Path
+    security: ChannelSecurity = field(default_factory=ChannelSecurity)  # how to reach it
 
     @property
     def target(self) -> str:
@@ -33,7 +36,7 @@ class ServerProcess:
         return self.log_path.read_text()
 
     def health(self, service: str = "") -> int:
-        with grpc.insecure_channel(self.target) as channel:
+        with self.security.channel(self.target, []) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
@@ -44,10 +47,16 @@ class ServerProcess:
 
 
 def start_server(
-    repository: Path, log_path: Path, *args: str, timeout: float = 60, until_serving: bool = True
+    repository: Path,
+    log_path: Path,
+    *args: str,
+    timeout: float = 60,
+    until_serving: bool = True,
+    security: ChannelSecurity | None = None,
 ) -> ServerProcess:
     """``attnserve serve`` on free loopback ports; returns once health says SERVING (or, without
-    ``until_serving``, as soon as it answers health checks at all: models may still be loading)."""
+    ``until_serving``, as soon as it answers health checks at all: models may still be loading).
+    ``security``: how to reach it, when ``args`` turn on TLS."""
     # one inference thread unless ``args`` say otherwise (a later flag wins)
     command = [
         str(Path(sys.executable).with_name("attnserve")),
@@ -74,7 +83,8 @@ def start_server(
             raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
         match = READY.search(log_path.read_text())
         if match:
-            server = ServerProcess(process, int(match.group(1)), int(match.group(2)), log_path)
+            ports = int(match.group(1)), int(match.group(2))
+            server = ServerProcess(process, *ports, log_path, security or ChannelSecurity())
             try:
                 if server.health() == health_pb2.HealthCheckResponse.SERVING or not until_serving:
                     return server

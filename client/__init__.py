@@ -9,5 +9,6 @@ with VisionClient("localhost:50051") as client:
 """
 
 from attnserve.client.clients import AsyncVisionClient, VisionClient, image_message, map_array
+from attnserve.client.security import ChannelSecurity
 
-__all__ = ["AsyncVisionClient", "VisionClient", "image_message", "map_array"]
+__all__ = ["AsyncVisionClient", "ChannelSecurity", "VisionClient", "image_message", "map_array"]

@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-import grpc
 import numpy as np
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from PIL import Image
 
 from attnserve.api.v1 import vision_pb2 as pb
 from attnserve.api.v1 import vision_pb2_grpc
+from attnserve.client.security import ChannelSecurity
 
 ImageLike = bytes | str | Path | np.ndarray | Image.Image
 DEFAULT_MAX_MESSAGE_MB = 64
@@ -112,34 +112,48 @@ class VisionClient:
         target: str = "localhost:50051",
         timeout: float | None = 30.0,
         max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+        security: ChannelSecurity | None = None,
     ) -> None:
-        self.channel = grpc.insecure_channel(target, options=_channel_options(max_message_mb))
+        self.security = security or ChannelSecurity()
+        self.channel = self.security.channel(target, _channel_options(max_message_mb))
         self.stub = vision_pb2_grpc.VisionServiceStub(self.channel)
         self.timeout = timeout
 
     def classify(self, images: Sequence[ImageLike], model: str, **options) -> pb.ClassifyResponse:
-        return self.stub.Classify(classify_request(images, model, **options), timeout=self.timeout)
+        return self.stub.Classify(
+            classify_request(images, model, **options), timeout=self.timeout, metadata=self.security.metadata
+        )
 
     def detect(self, images: Sequence[ImageLike], model: str, **options) -> pb.DetectResponse:
-        return self.stub.Detect(detect_request(images, model, **options), timeout=self.timeout)
+        return self.stub.Detect(
+            detect_request(images, model, **options), timeout=self.timeout, metadata=self.security.metadata
+        )
 
     def stream_detect(
         self, frames: Iterable[ImageLike], model: str, **options
     ) -> Iterator[pb.DetectResponse]:
         """One response per frame, in order (video)."""
-        return self.stub.StreamDetect(detect_request([f], model, **options) for f in frames)
+        return self.stub.StreamDetect(
+            (detect_request([f], model, **options) for f in frames), metadata=self.security.metadata
+        )
 
     def stream_classify(
         self, frames: Iterable[ImageLike], model: str, **options
     ) -> Iterator[pb.ClassifyResponse]:
-        return self.stub.StreamClassify(classify_request([f], model, **options) for f in frames)
+        return self.stub.StreamClassify(
+            (classify_request([f], model, **options) for f in frames), metadata=self.security.metadata
+        )
 
     def list_models(self) -> pb.ListModelsResponse:
-        return self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+        return self.stub.ListModels(
+            pb.ListModelsRequest(), timeout=self.timeout, metadata=self.security.metadata
+        )
 
     def model_info(self, model: str, version: int = 0) -> pb.ModelInfo:
         return self.stub.GetModelInfo(
-            pb.GetModelInfoRequest(model=model, version=version), timeout=self.timeout
+            pb.GetModelInfoRequest(model=model, version=version),
+            timeout=self.timeout,
+            metadata=self.security.metadata,
         )
 
     def close(self) -> None:
@@ -158,29 +172,41 @@ class AsyncVisionClient:
         target: str = "localhost:50051",
         timeout: float | None = 30.0,
         max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+        security: ChannelSecurity | None = None,
     ) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=_channel_options(max_message_mb))
+        self.security = security or ChannelSecurity()
+        self.channel = self.security.aio_channel(target, _channel_options(max_message_mb))
         self.stub = vision_pb2_grpc.VisionServiceStub(self.channel)
         self.timeout = timeout
 
     async def classify(self, images: Sequence[ImageLike], model: str, **options) -> pb.ClassifyResponse:
-        return await self.stub.Classify(classify_request(images, model, **options), timeout=self.timeout)
+        return await self.stub.Classify(
+            classify_request(images, model, **options), timeout=self.timeout, metadata=self.security.metadata
+        )
 
     async def detect(self, images: Sequence[ImageLike], model: str, **options) -> pb.DetectResponse:
-        return await self.stub.Detect(detect_request(images, model, **options), timeout=self.timeout)
+        return await self.stub.Detect(
+            detect_request(images, model, **options), timeout=self.timeout, metadata=self.security.metadata
+        )
 
     async def stream_detect(
         self, frames: Iterable[ImageLike], model: str, **options
     ) -> AsyncIterator[pb.DetectResponse]:
-        async for reply in self.stub.StreamDetect(detect_request([f], model, **options) for f in frames):
+        async for reply in self.stub.StreamDetect(
+            (detect_request([f], model, **options) for f in frames), metadata=self.security.metadata
+        ):
             yield reply
 
     async def list_models(self) -> pb.ListModelsResponse:
-        return await self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+        return await self.stub.ListModels(
+            pb.ListModelsRequest(), timeout=self.timeout, metadata=self.security.metadata
+        )
 
     async def model_info(self, model: str, version: int = 0) -> pb.ModelInfo:
         return await self.stub.GetModelInfo(
-            pb.GetModelInfoRequest(model=model, version=version), timeout=self.timeout
+            pb.GetModelInfoRequest(model=model, version=version),
+            timeout=self.timeout,
+            metadata=self.security.metadata,
         )
 
     async def close(self) -> None:

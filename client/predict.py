@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from PIL import Image, ImageDraw
 
 from attnserve.api.v1 import vision_pb2 as pb
+from attnserve.client import security
 from attnserve.client.clients import VisionClient
 from attnserve.maps import CAM, CHANNEL, ROLLOUT, SELF_ATTENTION, SPATIAL
 
@@ -38,13 +39,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threshold", type=float, help="score threshold")
     parser.add_argument("--json", action="store_true", help="print the response as one JSON document")
     parser.add_argument("--timeout", type=float, default=30.0)
+    security.add_arguments(parser)
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
         print(f"attnserve predict: error: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
-        with VisionClient(args.server, timeout=args.timeout) as client:
+        reach = security.from_arguments(args)
+    except ValueError as exc:
+        print(f"attnserve predict: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with VisionClient(args.server, timeout=args.timeout, security=reach) as client:
             info = client.model_info(args.model, args.version)
             select = args.maps or (_default_overlay_maps(info) if args.overlay else [])
             options = {"version": args.version, "select": select, "score_threshold": args.threshold}

@@ -64,6 +64,12 @@ class Metrics:
             ["model", "version"],
             registry=r,
         )
+        self.auth_refused = Counter(
+            "attnserve_auth_refused",
+            "Calls refused by token authentication: unauthenticated or permission_denied.",
+            ["reason"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "attnserve_model_info",
             "Each model version served (value 1), with its provider and precision.",
@@ -71,7 +77,11 @@ class Metrics:
             registry=r,
         )
 
-    def serve(self, host: str, port: int) -> WSGIServer:
-        """Start the /metrics HTTP server; returns it (``.server_port`` is the bound port)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int, cert: str = "", key: str = "", client_ca: str = "") -> WSGIServer:
+        """Start the /metrics HTTP server (HTTPS with ``cert`` and ``key``; only to clients with a
+        certificate from ``client_ca`` when given); returns it (``.server_port`` is the bound port)."""
+        tls = {"certfile": cert, "keyfile": key} if cert else {}
+        if client_ca:
+            tls.update(client_cafile=client_ca, client_auth_required=True)
+        server, _thread = start_http_server(port, addr=host, registry=self.registry, **tls)
         return server

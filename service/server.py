@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from attnserve.api.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from attnserve.api.v1 import vision_pb2, vision_pb2_grpc
+from attnserve.service import auth, tls
 from attnserve.service.dataplane import DataPlane
 from attnserve.service.grpc.inference_v2 import InferenceServicer
 from attnserve.service.grpc.vision import VisionServicer
@@ -54,9 +55,23 @@ async def serve(settings: Settings) -> int:
         )
         return 2
     metrics = Metrics()
+    try:  # files that do not load stop the server here, naming the file
+        certificates, tokens = None, None
+        if settings.tls_cert:
+            client_ca = Path(settings.tls_client_ca) if settings.tls_client_ca else None
+            certificates = tls.CertificateFiles(Path(settings.tls_cert), Path(settings.tls_key), client_ca)
+        if settings.auth_tokens:
+            tokens = auth.TokenFile(Path(settings.auth_tokens))
+    except (OSError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    interceptors = []
+    if tokens is not None:
+        refused = metrics.auth_refused
+        interceptors.append(auth.TokenAuthInterceptor(tokens, lambda reason: refused.labels(reason).inc()))
     registry = ModelRegistry()
     dataplane = DataPlane(settings, registry, metrics)
-    server = grpc.aio.server(options=grpc_options(settings))
+    server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
     vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(dataplane, metrics), server)
     grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(dataplane, metrics, version("attnserve")), server
@@ -75,13 +90,30 @@ async def serve(settings: Settings) -> int:
         )
     for name in ("", VISION_SERVICE, INFERENCE_SERVICE):
         await health_servicer.set(name, NOT_SERVING)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    metrics_server = metrics.serve(settings.metrics_host, settings.metrics_port)
+    address = f"{settings.host}:{settings.port}"
+    if certificates is not None:
+        port = server.add_secure_port(address, certificates.credentials())
+    else:
+        port = server.add_insecure_port(address)
+    # Kubernetes' gRPC probes speak neither TLS nor tokens: health alone, in plaintext, on its own port
+    probes = None
+    if settings.health_port >= 0:
+        probes = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probes)
+        health_port = probes.add_insecure_port(f"{settings.host}:{settings.health_port}")
+        await probes.start()
+        log.info("health alone, in plaintext, on %s:%d", settings.host, health_port)
+    metrics_tls = (
+        (settings.tls_cert, settings.tls_key, settings.tls_client_ca) if settings.metrics_tls else ()
+    )
+    metrics_server = metrics.serve(settings.metrics_host, settings.metrics_port, *metrics_tls)
     await server.start()
     log.info(
-        "gRPC on %s:%d, metrics on http://%s:%d/metrics; loading models from %s",
+        "gRPC%s on %s:%d, metrics on http%s://%s:%d/metrics; loading models from %s",
+        " (TLS)" if certificates else "",
         settings.host,
         port,
+        "s" if settings.metrics_tls else "",
         settings.metrics_host,
         metrics_server.server_port,
         settings.repository,
@@ -121,6 +153,8 @@ async def serve(settings: Settings) -> int:
     if loading.done() and loading.exception() is not None:
         log.error("could not load the model repository: %s", loading.exception())
         await server.stop(0)
+        if probes is not None:
+            await probes.stop(0)
         metrics_server.shutdown()
         return 1
     if loading.done() and not stop.is_set():
@@ -141,6 +175,8 @@ async def serve(settings: Settings) -> int:
     grace = settings.grace_period_s
     log.info("shutting down: NOT_SERVING, refusing new calls, %.1f s for calls in flight", grace)
     await server.stop(grace)
+    if probes is not None:
+        await probes.stop(0)
     readiness.stop()
     for served in registry.all():
         await served.batcher.close()

@@ -66,6 +66,38 @@ class Settings:
     max_connection_age_s: float = field(
         default=0.0, metadata={"help": "close connections after this long so clients rebalance; 0: never"}
     )
+    tls_cert: str = field(
+        default="",
+        metadata={
+            "help": "PEM certificate chain for the gRPC port: with tls_key, TLS on; re-read when it changes"
+        },
+    )
+    tls_key: str = field(default="", metadata={"help": "PEM private key of tls_cert"})
+    tls_client_ca: str = field(
+        default="",
+        metadata={"help": "PEM CA bundle client certificates must chain to: mutual TLS (needs tls_cert)"},
+    )
+    auth_tokens: str = field(
+        default="",
+        metadata={
+            "help": "file of bearer tokens, 'TOKEN SCOPE[,SCOPE]' a line (scopes infer, admin): every "
+            "call but health then needs one; re-read when it changes"
+        },
+    )
+    health_port: int = field(
+        default=-1,
+        metadata={
+            "help": "a plaintext port serving only grpc.health.v1, for probes that cannot speak TLS "
+            "(Kubernetes'); -1: none, 0: any free port"
+        },
+    )
+    metrics_tls: bool = field(
+        default=False,
+        metadata={
+            "help": "serve /metrics over HTTPS with tls_cert and tls_key (and, with tls_client_ca, only "
+            "to scrapers with a client certificate)"
+        },
+    )
     reflection: bool = field(
         default=True,
         metadata={"help": "gRPC server reflection (service discovery for tools); false turns it off"},
@@ -98,6 +130,17 @@ class Settings:
         if min(self.max_queue_delay_ms, self.grace_period_s, self.shutdown_delay_s) < 0:
             raise ValueError("max_queue_delay_ms, shutdown_delay_s and grace_period_s cannot be negative")
         _check_threshold("default_detection_threshold", self.default_detection_threshold)
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: set both for TLS, or neither")
+        if (self.tls_client_ca or self.metrics_tls) and not self.tls_cert:
+            raise ValueError("tls_client_ca and metrics_tls need tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens"):
+            if getattr(self, name) and not Path(getattr(self, name)).is_file():
+                raise ValueError(f"{name} {getattr(self, name)} is not a file")
+        if self.health_port < -1:
+            raise ValueError(
+                f"health_port must be -1 (none), 0 (any free port) or a port, not {self.health_port}"
+            )
         return self
 
 

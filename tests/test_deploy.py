@@ -3,6 +3,7 @@ validated against Kubernetes' own schemas, Prometheus rules checked and unit-tes
 dashboard's queries checked against the metric names a live server exports."""
 
 import argparse
+import dataclasses
 import json
 import re
 import shutil
@@ -15,13 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from attnserve.service.settings import Settings
 from attnserve.service.settings import load as load_settings
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
 # Custom resources: no built-in schema. Checked here by name, never validated silently.
-CUSTOM_RESOURCES = {"ServiceMonitor", "InferenceService"}
+CUSTOM_RESOURCES = {"ServiceMonitor", "InferenceService", "Certificate"}
 KUBERNETES_VERSION = "1.37.0"
 
 
@@ -133,6 +135,38 @@ def test_gpu_overlay_asks_for_a_gpu_node():
     assert {"name": "ATTNSERVE_PROVIDER", "value": "cuda"} in container["env"]
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu" and pod["nodeSelector"]
     assert container["image"].endswith("-gpu")
+
+
+def test_tls_overlay_validates_and_fits_the_server(tmp_path):
+    objects = render("tls")
+    builtin = [o for o in objects if o["kind"] not in CUSTOM_RESOURCES]
+    result = validate(builtin, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(o["kind"] for o in objects if o["kind"] in CUSTOM_RESOURCES) == [
+        "Certificate",
+        "ServiceMonitor",
+    ]
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = next(c for c in pod["containers"] if c["name"] == "attnserve")
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    settings = {f.name for f in dataclasses.fields(Settings)}
+    assert {n.removeprefix("ATTNSERVE_").lower() for n in env} <= settings, "every variable is a setting"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):  # probes speak neither TLS nor tokens
+        assert container[probe]["grpc"]["port"] == int(env["ATTNSERVE_HEALTH_PORT"]), probe
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    certificate = next(o for o in objects if o["kind"] == "Certificate")
+    for variable in ("ATTNSERVE_TLS_CERT", "ATTNSERVE_TLS_KEY", "ATTNSERVE_TLS_CLIENT_CA"):
+        folder, _, name = env[variable].rpartition("/")
+        assert secrets[mounts[folder]] == certificate["spec"]["secretName"] and name in (
+            "tls.crt",
+            "tls.key",
+            "ca.crt",
+        )
+    assert not [m for m in container["volumeMounts"] if "subPath" in m], "subPath mounts never see a renewal"
+    monitor = next(o for o in objects if o["kind"] == "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["scheme"] == "https" and env["ATTNSERVE_METRICS_TLS"] == "true"
 
 
 def test_kserve_example_and_adapter_rules(tmp_path):
