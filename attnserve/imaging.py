@@ -64,9 +64,11 @@ def fit(image: Image.Image, height: int, width: int, policy: str) -> tuple[Image
         scale = max(width / w, height / h)
         new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
         left, top = (new_w - width) // 2, (new_h - height) // 2
-        resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        cropped = resized.crop((left, top, left + width, top + height))
-        return cropped, Placement(new_w / w, new_h / h, -left, -top)
+        sx, sy = new_w / w, new_h / h
+        # only the part kept is resampled: resizing the whole of a 1×150000 image first takes gigabytes
+        box = (left / sx, top / sy, (left + width) / sx, (top + height) / sy)
+        cropped = image.resize((width, height), Image.Resampling.BILINEAR, box=box)
+        return cropped, Placement(sx, sy, -left, -top)
     if policy == LETTERBOX:
         scale = min(width / w, height / h)
         new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))

@@ -101,5 +101,10 @@ class Manifest:
     def read(cls, path: Path) -> "Manifest":
         return cls.from_dict(json.loads(Path(path).read_text()))
 
+    def label(self, class_id: int) -> str:
+        """The class's name; ``class_<id>`` for an index the labels do not cover."""
+        c = int(class_id)
+        return self.labels[c] if 0 <= c < len(self.labels) else f"class_{c}"
+
     def output_names(self) -> list[str]:
         return [*self.predictions, *(a.name for a in self.attention)]

@@ -31,7 +31,7 @@ def test_a_large_jpeg_decodes_near_the_model_size_and_keeps_its_true_size():
 
 def test_pixel_guard_reads_the_header_only():
     data = encoded(Image.new("L", (3000, 3000)))
-    with pytest.raises(ServiceError, match="9000000 pixels, over the server's limit of 4000000"):
+    with pytest.raises(ServiceError, match="over the server's limit of 4000000 pixels"):
         decode_encoded(data, 0, (96, 96), max_pixels=4_000_000)
 
 

@@ -182,7 +182,7 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
             value = result.outputs[output.name]
             top = output.parameters.get("classification")
             if top is not None:
-                value = classification_strings(value, top.int64_param, manifest.labels, output.name)
+                value = classification_strings(value, top.int64_param, manifest, output.name)
                 datatype, data = "BYTES", serialize_bytes(value)
             else:
                 datatype, data = DATATYPES[value.dtype], np.ascontiguousarray(value).tobytes()

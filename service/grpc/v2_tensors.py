@@ -14,6 +14,7 @@ from attnserve.service.errors import invalid
 
 if TYPE_CHECKING:
     from attnserve.api.inference.v2 import grpc_predict_v2_pb2 as pb
+    from attnserve.manifest import Manifest
 
 DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.float16): "FP16"}
 
@@ -48,6 +49,10 @@ def element_count(tensor: pb.ModelInferRequest.InferInputTensor, limit: int | No
 def fp32_tensor(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
     count = element_count(tensor)
     shape = list(tensor.shape)
+    if len(shape) != 4 or count == 0:  # then every dimension is at most the data's length
+        raise invalid(
+            f"input {tensor.name!r} has shape {shape}; FP32 pixels are [N, 3, H, W], none of them 0"
+        )
     if raw is not None:
         if len(raw) != count * 4:
             raise invalid(
@@ -95,7 +100,7 @@ def bytes_elements(
     return elements
 
 
-def classification_strings(value: np.ndarray, k: int, labels: list[str], name: str) -> np.ndarray:
+def classification_strings(value: np.ndarray, k: int, manifest: Manifest, name: str) -> np.ndarray:
     if value.ndim != 2:
         raise invalid(
             f"the classification parameter needs an [N, classes] output; {name!r} is {list(value.shape)}"
@@ -106,7 +111,7 @@ def classification_strings(value: np.ndarray, k: int, labels: list[str], name: s
     best = np.argsort(-value, axis=1, kind="stable")[:, :k]
     return np.array(
         [
-            [f"{row[c]:f}:{c}:{labels[c]}".encode() for c in order]
+            [f"{row[c]:f}:{c}:{manifest.label(c)}".encode() for c in order]
             for row, order in zip(value, best, strict=True)
         ],
         dtype=object,

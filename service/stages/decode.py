@@ -16,7 +16,6 @@ from attnserve.imaging import Placement, upright_rgb
 from attnserve.service.errors import ServiceError, invalid
 from attnserve.service.messages import ImageInput
 
-Image.MAX_IMAGE_PIXELS = None  # our own limit (max_pixels) is checked from the header, before decoding
 EXIF_ORIENTATION = 0x0112
 TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # rotated by 90°: width and height swap
 # the formats docs/service.md promises, as Pillow names them, and as people do
@@ -115,7 +114,17 @@ def _opened(
 ) -> tuple[Image.Image, int, int]:
     """The image opened lazily (header only), the per-image pixel limit checked, a JPEG set to decode
     in draft mode; with the original's upright width and height."""
-    im = Image.open(io.BytesIO(data), formats=FORMATS)
+    # Pillow's own guard, at the server's limit: some decoders allocate a frame while opening (a 43-byte
+    # GIF can ask for gigabytes), before the size check below could refuse it; it raises past twice
+    # MAX_IMAGE_PIXELS. One value for every thread: the server has one max_pixels.
+    Image.MAX_IMAGE_PIXELS = max_pixels // 2
+    try:
+        im = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError:
+        raise invalid(
+            f"image {index} (or one of its frames) is over the server's limit of {max_pixels} pixels; "
+            "send a smaller image"
+        ) from None
     width, height = im.size
     if width * height > max_pixels:
         raise invalid(
@@ -123,7 +132,7 @@ def _opened(
             f"limit of {max_pixels}; send a smaller image"
         )
     orientation = im.getexif().get(EXIF_ORIENTATION, 1)
-    if orientation in TRANSPOSING_ORIENTATIONS:
+    if orientation in TRANSPOSING_ORIENTATIONS and im.format != "TIFF":  # Pillow's TIFF is upright already
         width, height = height, width
     if im.format == "JPEG":
         th, tw = target if orientation not in TRANSPOSING_ORIENTATIONS else target[::-1]

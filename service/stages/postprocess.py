@@ -56,7 +56,7 @@ class Classification:
         results = []
         for row, view in zip(probabilities, views, strict=True):
             best = np.argsort(-row, kind="stable")[:k]
-            labels = [ScoredLabel(int(c), label(manifest, c), float(row[c])) for c in best if row[c] >= floor]
+            labels = [ScoredLabel(int(c), manifest.label(c), float(row[c])) for c in best if row[c] >= floor]
             results.append(ImageResult(view.width, view.height, labels=labels))
         return results
 
@@ -93,7 +93,7 @@ class Detections:
             original[:, 1::2] = original[:, 1::2].clip(0, view.height)
             detections = [
                 Detection(
-                    tuple(map(float, box)), int(classes[i]), label(manifest, classes[i]), float(scores[i])
+                    tuple(map(float, box)), int(classes[i]), manifest.label(classes[i]), float(scores[i])
                 )
                 for box, i in zip(original, order, strict=True)
             ]
@@ -119,11 +119,6 @@ def check_task(manifest: Manifest, asked: str) -> None:
     """A call for the other task is refused, naming the right one."""
     if manifest.task != asked:
         raise invalid(f"model {manifest.name!r} is a {manifest.task} model; call {CALLS[manifest.task]}")
-
-
-def label(manifest: Manifest, class_id: int | np.integer) -> str:
-    c = int(class_id)
-    return manifest.labels[c] if 0 <= c < len(manifest.labels) else f"class_{c}"
 
 
 def _check_threshold(threshold: float | None) -> None:
