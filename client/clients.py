@@ -103,7 +103,14 @@ def map_array(m: pb.AttentionMap) -> np.ndarray:
 
 def _channel_options(max_message_mb: int) -> list[tuple[str, int]]:
     size = max_message_mb * 1024 * 1024
-    return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
+    return [
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+        # a connection of its own: gRPC otherwise shares one between every channel of the same target
+        # and options, so several clients (for more throughput, or to spread over a server's replicas)
+        # would all queue on one HTTP/2 connection and its stream limit
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
 
 
 class VisionClient:

@@ -3,22 +3,28 @@ object in, a result out; the request path's stages are service/stages/, in order
 
 decode → fit → batch → run → postprocess (the model's task handler) → encode maps
 
-each timed for the response and the stage histograms. Decoding, fitting and PNG encoding run on a
-thread pool, off the event loop. It also answers what front-ends ask about models: descriptions,
-readiness, the repository's index.
+each timed for the response and the stage histograms, after admission (stages/admission.py): a request
+is counted from here until it is answered and refused at once, before any decoding, when a model's
+images in flight or the server's request bytes in flight would go over their limits.
+
+Decoding, fitting, map encoding and the postprocessing of large requests run on threads of the
+request's model version (a lane: service/lanes.py), never on the event loop, which is left to admitting,
+refusing and answering (health checks included). It also answers what front-ends ask about models:
+descriptions, readiness, the repository's index.
 """
 
 import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import grpc
 import numpy as np
 
 from attnserve.manifest import AttentionOutput, Manifest
 from attnserve.service.errors import ServiceError, invalid
+from attnserve.service.lanes import Lane, Lanes
 from attnserve.service.messages import (
     ImageInput,
     ImageResult,
@@ -35,12 +41,20 @@ from attnserve.service.metrics import Metrics
 from attnserve.service.readiness import Readiness
 from attnserve.service.registry import ModelRegistry, ServedModel
 from attnserve.service.settings import Settings
+from attnserve.service.stages.admission import Admission, Ticket
 from attnserve.service.stages.decode import Opened
 from attnserve.service.stages.encode import encode, response_bytes, select
 from attnserve.service.stages.fit import Prepared, prepare
-from attnserve.service.stages.postprocess import check_task
+from attnserve.service.stages.postprocess import TaskHandler, check_task
 
 DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(float16)": "FP16"}
+T = TypeVar("T")
+# A request of at most this many images and no maps is postprocessed on the event loop: top-k or the
+# boxes above a threshold take well under a millisecond per image (0.4 ms for a detector's 100 boxes
+# at threshold 0, 14 µs for a classifier), less than a hop to a thread and back. Larger requests, and
+# any with maps (resampling, PNG: milliseconds to tens of them), are finished on the model's lane: a
+# detector's 64 images took 27 ms, a stall of the loop and of every health check behind it.
+INLINE_POSTPROCESS_IMAGES = 4
 
 
 class DataPlane:
@@ -49,48 +63,55 @@ class DataPlane:
         self.registry = registry
         self.metrics = metrics
         self.readiness = Readiness()
-        self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self.admission = Admission(settings.max_in_flight_mb, metrics)
+        self.lanes = Lanes(settings.decode_threads)
 
     async def predict(self, request: PredictRequest) -> Prediction:
         started = time.perf_counter()
         served = self._served(request.model, request.version)
-        manifest = served.manifest
-        check_task(manifest, request.task)
-        handler = served.handler
+        check_task(served.manifest, request.task)
         self._check_images(request.images)
+        with self._admit(served, len(request.images), _image_bytes(request.images)) as ticket:
+            return await self._predict(served, request, ticket, started)
+
+    async def _predict(
+        self, served: ServedModel, request: PredictRequest, ticket: Ticket, started: float
+    ) -> Prediction:
+        manifest, handler = served.manifest, served.handler
         handler.check(request)
         selected = select(manifest, request.maps.select)
         prepared = await self._prepared(
             served,
+            ticket,
             request.images,
             lambda headers: self._check_budgets(headers, manifest, selected, request.maps),
+            request.deadline,
         )
         outputs = [*manifest.predictions, *(a.name for a in selected)]
         batch = await served.batcher.submit(prepared.batch, outputs, request.deadline)
-        post_started = time.perf_counter()
-        results = handler.results(manifest, batch.outputs, prepared.views, request)
-        postprocess = time.perf_counter() - post_started
-        encode_started = time.perf_counter()
-        if selected:
-            classes = handler.map_classes(batch.outputs, len(results))
-            await asyncio.get_running_loop().run_in_executor(
-                self._pool,
-                _encode,
-                selected,
+        if selected or len(prepared.views) > INLINE_POSTPROCESS_IMAGES:
+            results, postprocess, encode_seconds = await self._lane(served).run(
+                ticket,
+                _finish,
+                handler,
+                manifest,
                 batch.outputs,
                 prepared,
-                results,
-                request.maps,
-                classes,
+                request,
+                selected,
                 self.settings.max_map_side,
             )
+        else:
+            post_started = time.perf_counter()
+            results = handler.results(manifest, batch.outputs, prepared.views, request)
+            postprocess, encode_seconds = time.perf_counter() - post_started, 0.0
         timing = {
             "decode": prepared.decode_seconds,
             "preprocess": prepared.preprocess_seconds,
             "queue": batch.queue_seconds,
             "inference": batch.inference_seconds,
             "postprocess": postprocess,
-            "encode": time.perf_counter() - encode_started,
+            "encode": encode_seconds,
         }
         self._observe(request.model, timing)
         timing["total"] = time.perf_counter() - started
@@ -110,12 +131,9 @@ class DataPlane:
         if unknown:
             names = ", ".join(manifest.output_names())
             raise invalid(f"model {request.model!r} has no output {unknown[0]!r}; its outputs are {names}")
-        timing = {}
         if request.images is not None:
             self._check_images(request.images)
-            prepared = await self._prepared(served, request.images, self._check_budgets)
-            tensor = prepared.batch
-            timing = {"decode": prepared.decode_seconds, "preprocess": prepared.preprocess_seconds}
+            count, nbytes = len(request.images), _image_bytes(request.images)
         else:
             tensor, spec = request.tensor, manifest.input
             expected = (3, spec.height, spec.width)
@@ -125,11 +143,21 @@ class DataPlane:
                     f"[N, {', '.join(map(str, expected))}] (N ≥ 1), got {list(tensor.shape)}"
                 )
             self._check_count(len(tensor))
-            served.batcher.announce()
-        batch = await served.batcher.submit(tensor, outputs, request.deadline)
-        timing.update(queue=batch.queue_seconds, inference=batch.inference_seconds)
-        self._observe(request.model, timing)
-        return InferResult(manifest, batch.outputs)
+            count, nbytes = len(tensor), tensor.nbytes
+        with self._admit(served, count, nbytes) as ticket:
+            timing = {}
+            if request.images is not None:
+                prepared = await self._prepared(
+                    served, ticket, request.images, self._check_budgets, request.deadline
+                )
+                tensor = prepared.batch
+                timing = {"decode": prepared.decode_seconds, "preprocess": prepared.preprocess_seconds}
+            else:
+                served.batcher.announce()
+            batch = await served.batcher.submit(tensor, outputs, request.deadline)
+            timing.update(queue=batch.queue_seconds, inference=batch.inference_seconds)
+            self._observe(request.model, timing)
+            return InferResult(manifest, batch.outputs)
 
     def describe(self, model: str, version: int = 0) -> ModelDescription:
         """``model`` (``version``, 0: the latest) as served; NOT_FOUND when it is not."""
@@ -175,22 +203,52 @@ class DataPlane:
         return self.readiness.model_ready(served.manifest.name)
 
     async def _prepared(
-        self, served: ServedModel, images: list[ImageInput], before_decoding: Callable[[list[Opened]], None]
+        self,
+        served: ServedModel,
+        ticket: Ticket,
+        images: list[ImageInput],
+        before_decoding: Callable[[list[Opened]], None],
+        deadline: float | None,
     ) -> Prepared:
-        """Decode and fit on the thread pool, announced to the batcher so a batch may wait for it."""
+        """Decode and fit on the model's lane, announced to the batcher so a batch may wait for it."""
         served.batcher.announce()
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._pool,
-                prepare,
-                images,
-                served.manifest.input,
-                self.settings.max_image_pixels,
-                before_decoding,
-            )
+            lane = self._lane(served)
+            async with lane.decoding:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ServiceError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        "the deadline passed while the request waited to be decoded",
+                    )
+                return await lane.run(
+                    ticket,
+                    prepare,
+                    images,
+                    served.manifest.input,
+                    self.settings.max_image_pixels,
+                    before_decoding,
+                )
         except BaseException:
             served.batcher.withdraw()
             raise
+
+    async def reply(self, prediction: Prediction, build: Callable[[Prediction], T]) -> T:
+        """A front-end's response built from ``prediction``: on the model's lane when it is heavy (maps,
+        or many images: tens of MiB of maps take hundreds of milliseconds to build as protobuf
+        messages), else right here, where a hop to a thread would cost more than the work."""
+        if len(prediction.results) <= INLINE_POSTPROCESS_IMAGES and not any(
+            r.maps for r in prediction.results
+        ):
+            return build(prediction)
+        lane = self._lane(self.registry.get(prediction.model, prediction.version))
+        return await asyncio.wrap_future(lane.pool.submit(build, prediction))
+
+    def _admit(self, served: ServedModel, images: int, nbytes: int) -> Ticket:
+        m = served.manifest
+        return self.admission.admit(m.name, m.version, images, nbytes, served.settings.max_in_flight_images)
+
+    def _lane(self, served: ServedModel) -> Lane:
+        return self.lanes.of(served.batcher.label)
 
     def _served(self, model: str, version: int) -> ServedModel:
         if not self.readiness.accepting_calls:
@@ -245,20 +303,32 @@ class DataPlane:
             self.metrics.stage_seconds.labels(model, stage).observe(seconds)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        self.lanes.close()
 
 
-def _encode(
-    selected: list[AttentionOutput],
+def _image_bytes(images: list[ImageInput]) -> int:
+    return sum(len(i.encoded) if i.encoded is not None else len(i.rgb or b"") for i in images)
+
+
+def _finish(
+    handler: TaskHandler,
+    manifest: Manifest,
     outputs: dict[str, np.ndarray],
     prepared: Prepared,
-    results: list[ImageResult],
-    request: MapRequest,
-    classes: list[int],
+    request: PredictRequest,
+    selected: list[AttentionOutput],
     max_side: int,
-) -> None:
-    for i, (view, result) in enumerate(zip(prepared.views, results, strict=True)):
-        result.maps = [
-            encode(a, outputs[a.name][i], request.encoding, request.geometry, view, classes[i], max_side)
-            for a in selected
-        ]
+) -> tuple[list[ImageResult], float, float]:
+    """Postprocess, and encode the selected maps (on a lane's thread); the results, with each stage's
+    seconds."""
+    started = time.perf_counter()
+    results = handler.results(manifest, outputs, prepared.views, request)
+    encode_started = time.perf_counter()
+    if selected:
+        classes, maps = handler.map_classes(outputs, len(results)), request.maps
+        for i, (view, result) in enumerate(zip(prepared.views, results, strict=True)):
+            result.maps = [
+                encode(a, outputs[a.name][i], maps.encoding, maps.geometry, view, classes[i], max_side)
+                for a in selected
+            ]
+    return results, encode_started - started, time.perf_counter() - encode_started

@@ -1,9 +1,10 @@
 """Prometheus metrics, on their own HTTP port. Histograms (not summaries) so latency aggregates across
 replicas; buckets fit millisecond-scale inference."""
 
-from wsgiref.simple_server import WSGIServer
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from attnserve.service import metrics_http
+from attnserve.service.metrics_http import MetricsServer
 
 # seconds: 0.25 ms to 10 s
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -58,6 +59,24 @@ class Metrics:
         self.in_flight = Gauge(
             "attnserve_in_flight_requests", "Requests being handled now.", ["method"], registry=r
         )
+        self.in_flight_images = Gauge(
+            "attnserve_in_flight_images",
+            "Images admitted to the data plane and not answered yet: decoding or waiting to, queued, in "
+            "inference or being encoded (max_in_flight_images).",
+            ["model", "version"],
+            registry=r,
+        )
+        self.in_flight_bytes = Gauge(
+            "attnserve_in_flight_bytes",
+            "Request image bytes (encoded, raw or tensor) held by admitted requests (max_in_flight_mb).",
+            registry=r,
+        )
+        self.shed = Counter(
+            "attnserve_shed_requests",
+            "Requests refused on admission with RESOURCE_EXHAUSTED, by model and the limit they hit.",
+            ["model", "limit"],
+            registry=r,
+        )
         self.load_seconds = Gauge(
             "attnserve_model_load_duration_seconds",
             "Time to load and warm up a model version.",
@@ -77,11 +96,8 @@ class Metrics:
             registry=r,
         )
 
-    def serve(self, host: str, port: int, cert: str = "", key: str = "", client_ca: str = "") -> WSGIServer:
-        """Start the /metrics HTTP server (HTTPS with ``cert`` and ``key``; only to clients with a
-        certificate from ``client_ca`` when given); returns it (``.server_port`` is the bound port)."""
-        tls = {"certfile": cert, "keyfile": key} if cert else {}
-        if client_ca:
-            tls.update(client_cafile=client_ca, client_auth_required=True)
-        server, _thread = start_http_server(port, addr=host, registry=self.registry, **tls)
-        return server
+    def serve(
+        self, host: str, port: int, cert: str = "", key: str = "", client_ca: str = ""
+    ) -> MetricsServer:
+        """Start the /metrics HTTP server (service/metrics_http.py); ``.server_port`` is its port."""
+        return metrics_http.start(self.registry, host, port, cert, key, client_ca)

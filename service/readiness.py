@@ -5,10 +5,12 @@ failure and shutdown.
 starting: the port is open and models load one by one; each is ready once loaded and warm, the
 server is not. serving: every model that could load has; the server is ready. draining (SIGTERM):
 nothing is ready, so load balancers move away, but calls are still answered for ``shutdown_delay_s``.
-stopped: calls are refused.
+stopped: new calls are refused with UNAVAILABLE while those admitted before finish; the server waits
+until no call has been in flight for a moment (``idle``) before closing the port.
 """
 
 import threading
+import time
 from collections.abc import Callable
 from enum import Enum
 
@@ -28,6 +30,8 @@ class Readiness:
         self._models: set[str] = set()
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()  # models load on a worker thread
+        self.calls_in_flight = 0  # RPCs of the APIs between arriving and answering (event loop only)
+        self._idle_since = time.monotonic()
 
     def watch(self, listener: Listener) -> None:
         """``listener`` is told each change, as it happens."""
@@ -57,6 +61,18 @@ class Readiness:
     def stop(self) -> None:
         with self._lock:
             self.phase = Phase.STOPPED
+
+    def call_started(self) -> None:
+        self.calls_in_flight += 1
+
+    def call_ended(self) -> None:
+        self.calls_in_flight -= 1
+        if self.calls_in_flight == 0:
+            self._idle_since = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Seconds since the last call ended, 0 while one is in flight."""
+        return time.monotonic() - self._idle_since if self.calls_in_flight == 0 else 0.0
 
     @property
     def server_ready(self) -> bool:

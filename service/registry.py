@@ -6,8 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from attnserve.manifest import MODEL_CONFIG_FILE, Manifest, model_dirs, version_numbers
+from attnserve.manifest import MODEL_CONFIG_FILE, MODEL_FILE, Manifest, model_dirs, version_numbers
 from attnserve.service.errors import not_found
+from attnserve.service.metrics import Metrics
 from attnserve.service.settings import ModelSettings, Settings
 from attnserve.service.stages.batch import Batcher
 from attnserve.service.stages.postprocess import TaskHandler, task_handler
@@ -70,20 +71,41 @@ def version_dirs(repository: Path) -> list[Path]:
     return found
 
 
+def read_digests(path: Path) -> dict[str, str]:
+    """``sha256sum`` output made in the repository folder (``sha256sum */*/model.onnx``): model path
+    relative to the repository → hex digest. ValueError naming the line when it is not that."""
+    digests = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, _, name = line.partition("  ")
+        name = name.removeprefix("./")
+        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest) or not name:
+            raise ValueError(f"{path} line {number}: expected sha256sum's 'HEX  NAME/VERSION/{MODEL_FILE}'")
+        digests[name] = digest
+    return digests
+
+
 def load_repository(
     settings: Settings,
     registry: ModelRegistry,
-    make_batcher: Callable[[OnnxModel, ModelSettings], Batcher],
+    metrics: Metrics,
     on_loaded: Callable[[ServedModel], None],
 ) -> None:
     """Load and warm up every version into ``registry``, each with its model's settings (the server's
-    under NAME/config.toml's); one that fails is logged and left out. ``on_loaded(served)`` runs after
-    each one (the server marks it ready there)."""
+    under NAME/config.toml's), batcher and task handler; one that fails is logged and left out.
+    ``on_loaded(served)`` runs after each one (the server marks it ready there)."""
+    trusted = read_digests(Path(settings.model_digests)) if settings.model_digests else None
     for version_dir in version_dirs(Path(settings.repository)):
         key = f"{version_dir.parent.name}/{version_dir.name}"
         try:
+            digest = None
+            if trusted is not None:
+                digest = trusted.get(f"{key}/{MODEL_FILE}")
+                if digest is None:
+                    raise RuntimeError(f"{key}/{MODEL_FILE} is not in model_digests {settings.model_digests}")
             model = OnnxModel(
-                version_dir, settings.provider, settings.intra_op_threads, settings.inter_op_threads
+                version_dir, settings.provider, settings.intra_op_threads, settings.inter_op_threads, digest
             )
             model_settings = ModelSettings.load(settings, version_dir.parent, model.manifest.task)
             model.warm_up(model_settings.max_batch_size)
@@ -91,12 +113,14 @@ def load_repository(
             log.error("model %s not loaded: %s", key, exc)
             registry.failed[key] = str(exc)
             continue
-        served = ServedModel(
+        batcher = Batcher(
             model,
-            model_settings,
-            make_batcher(model, model_settings),
-            task_handler(model.manifest, model_settings),
+            model_settings.max_batch_size,
+            model_settings.max_queue_delay_ms / 1000,
+            model_settings.max_queue_size,
+            metrics,
         )
+        served = ServedModel(model, model_settings, batcher, task_handler(model.manifest, model_settings))
         registry.add(served)
         log.info("loaded %s on %s in %.2f s", key, model.provider, model.load_seconds)
         if (version_dir.parent / MODEL_CONFIG_FILE).is_file():

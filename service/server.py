@@ -5,13 +5,18 @@ Health (grpc.health.v1) follows the data plane's readiness (service/readiness.py
 Inference Protocol's ServerReady/ModelReady and ListModels do: each model name is SERVING once it is
 loaded and warmed up, the overall service "" (and each API's) once every model that could load has.
 On SIGTERM everything goes NOT_SERVING; after ``shutdown_delay_s`` (time for load balancers to notice)
-new calls are refused, and calls the server has received get ``grace_period_s`` to finish before the
-process exits 0.
+the calls the server has, gRPC's backlog included, get ``grace_period_s`` to finish (new ones refused
+in its last fifth) before the port closes and the process exits 0.
+
+Around the APIs: TLS (service/tls.py), token authentication (service/auth.py), a plaintext health-only
+port for probes, and /metrics (service/metrics_http.py).
 """
 
 import asyncio
+import gc
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 
@@ -26,25 +31,43 @@ from attnserve.service.dataplane import DataPlane
 from attnserve.service.grpc.inference_v2 import InferenceServicer
 from attnserve.service.grpc.vision import VisionServicer
 from attnserve.service.metrics import Metrics
+from attnserve.service.readiness import Readiness
 from attnserve.service.registry import ModelRegistry, ServedModel, load_repository
-from attnserve.service.settings import ModelSettings, Settings
-from attnserve.service.stages.batch import Batcher
-from attnserve.service.stages.run import OnnxModel
+from attnserve.service.settings import Settings
 
 log = logging.getLogger("attnserve")
 VISION_SERVICE = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
 INFERENCE_SERVICE = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
+# no call in flight for this long after SIGTERM: gRPC holds no call it has not handed over
+DRAIN_IDLE_S = 0.2
 
 
 def grpc_options(settings: Settings) -> list[tuple[str, int]]:
     size = settings.max_message_mb * 1024 * 1024
-    options = [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
+    options = [
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+        # clients may keep their own connections alive, as often as every 10 s; more often is abuse
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ]
+    if settings.max_connection_idle_s > 0:
+        options.append(("grpc.max_connection_idle_ms", int(settings.max_connection_idle_s * 1000)))
     if settings.max_connection_age_s > 0:  # clients reconnect, so new pods get traffic behind a ClusterIP
         age_ms = int(settings.max_connection_age_s * 1000)
         options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)]
     return options
+
+
+async def _until_idle(readiness: Readiness, deadline: float) -> None:
+    loop = asyncio.get_running_loop()
+    while readiness.idle_for() < DRAIN_IDLE_S and loop.time() < deadline:
+        await asyncio.sleep(0.01)
 
 
 async def serve(settings: Settings) -> int:
@@ -95,13 +118,17 @@ async def serve(settings: Settings) -> int:
         port = server.add_secure_port(address, certificates.credentials())
     else:
         port = server.add_insecure_port(address)
-    # Kubernetes' gRPC probes speak neither TLS nor tokens: health alone, in plaintext, on its own port
-    probes = None
+    # Kubernetes' gRPC probes speak neither TLS nor tokens: health alone, in plaintext, on its own port,
+    # served by threads of its own, so that a probe never waits in the event loop's queue (measured
+    # under overload from the load generator's process, it did no better: docs/service.md)
+    probes, probe_health = None, health.HealthServicer()
+    for name in ("", VISION_SERVICE, INFERENCE_SERVICE):
+        probe_health.set(name, NOT_SERVING)
     if settings.health_port >= 0:
-        probes = grpc.aio.server()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probes)
+        probes = grpc.server(ThreadPoolExecutor(2, thread_name_prefix="probes"))
+        health_pb2_grpc.add_HealthServicer_to_server(probe_health, probes)
         health_port = probes.add_insecure_port(f"{settings.host}:{settings.health_port}")
-        await probes.start()
+        probes.start()
         log.info("health alone, in plaintext, on %s:%d", settings.host, health_port)
     metrics_tls = (
         (settings.tls_cert, settings.tls_key, settings.tls_client_ca) if settings.metrics_tls else ()
@@ -128,6 +155,7 @@ async def serve(settings: Settings) -> int:
         for service in (name,) if name else ("", VISION_SERVICE, INFERENCE_SERVICE):
             status = SERVING if ready else NOT_SERVING
             asyncio.run_coroutine_threadsafe(health_servicer.set(service, status), loop)
+            probe_health.set(service, status)
 
     readiness = dataplane.readiness
     readiness.watch(to_health)
@@ -139,27 +167,22 @@ async def serve(settings: Settings) -> int:
         metrics.model_ready.labels(m.name, str(m.version)).set(1)
         readiness.model_loaded(m.name)
 
-    def batcher(model: OnnxModel, model_settings: ModelSettings) -> Batcher:
-        return Batcher(
-            model,
-            model_settings.max_batch_size,
-            model_settings.max_queue_delay_ms / 1000,
-            model_settings.max_queue_size,
-            metrics,
-        )
-
-    loading = asyncio.create_task(asyncio.to_thread(load_repository, settings, registry, batcher, loaded))
+    loading = asyncio.create_task(asyncio.to_thread(load_repository, settings, registry, metrics, loaded))
     await asyncio.wait([loading, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     if loading.done() and loading.exception() is not None:
         log.error("could not load the model repository: %s", loading.exception())
         await server.stop(0)
         if probes is not None:
-            await probes.stop(0)
+            probes.stop(0)
         metrics_server.shutdown()
+        metrics_server.server_close()
         return 1
     if loading.done() and not stop.is_set():
         for key in registry.failed:  # NAME/VERSION that did not load: alerting sees a 0
             metrics.model_ready.labels(*key.split("/")).set(0)
+        # what loading made lives as long as the server: out of the collector's sight, so that full
+        # collections under load (80-107 ms pauses of every call, health included) have less to walk
+        gc.freeze()
         readiness.all_loaded()
         failed = f"; not loaded: {registry.failed}" if registry.failed else ""
         log.info("ready: %d model versions (%s)%s", len(registry.all()), ", ".join(registry.names()), failed)
@@ -167,20 +190,33 @@ async def serve(settings: Settings) -> int:
 
     readiness.drain()
     await health_servicer.enter_graceful_shutdown()
+    probe_health.enter_graceful_shutdown()
     if settings.shutdown_delay_s:
         log.info(
             "shutting down: NOT_SERVING; serving %.1f s more so clients move away", settings.shutdown_delay_s
         )
         await asyncio.sleep(settings.shutdown_delay_s)
     grace = settings.grace_period_s
-    log.info("shutting down: NOT_SERVING, refusing new calls, %.1f s for calls in flight", grace)
-    await server.stop(grace)
-    if probes is not None:
-        await probes.stop(0)
+    log.info("shutting down: NOT_SERVING, %.1f s for the calls in flight to finish", grace)
+    # Closing the port kills the calls gRPC has received but not yet handed to us (CANCELLED, which
+    # clients do not retry). So calls are still served until none has arrived for a moment (gRPC's
+    # backlog is then empty too), for most of the grace period; in its last fifth new calls are refused
+    # with UNAVAILABLE (retried elsewhere) while those admitted finish; then the port closes.
+    drained_at = loop.time() + grace
+    await _until_idle(readiness, loop.time() + grace * 0.8)
     readiness.stop()
+    await _until_idle(readiness, drained_at)
+    if readiness.calls_in_flight:
+        log.warning(
+            "%d calls still in flight after %.1f s; cancelling them", readiness.calls_in_flight, grace
+        )
+    await server.stop(max(0.0, drained_at - loop.time()))
+    if probes is not None:
+        probes.stop(0)
     for served in registry.all():
         await served.batcher.close()
     dataplane.close()
     metrics_server.shutdown()
+    metrics_server.server_close()
     log.info("stopped")
     return 0

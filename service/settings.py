@@ -28,7 +28,9 @@ class Settings:
         default=0, metadata={"help": "ONNX Runtime threads per inference; 0: cores"}
     )
     inter_op_threads: int = field(default=1, metadata={"help": "ONNX Runtime inter-op threads"})
-    decode_threads: int = field(default=2, metadata={"help": "threads decoding and fitting images"})
+    decode_threads: int = field(
+        default=2, metadata={"help": "threads decoding, fitting and encoding images, per model version"}
+    )
     max_batch_size: int = field(
         default=8, metadata={"help": "images per inference batch; 1 turns batching off"}
     )
@@ -37,6 +39,17 @@ class Settings:
     )
     max_queue_size: int = field(
         default=256, metadata={"help": "images waiting per model before RESOURCE_EXHAUSTED"}
+    )
+    max_in_flight_images: int = field(
+        default=128,
+        metadata={
+            "help": "images per model version from arrival to answer (decoding or waiting to, queued, "
+            "running, encoding) before RESOURCE_EXHAUSTED"
+        },
+    )
+    max_in_flight_mb: int = field(
+        default=128,
+        metadata={"help": "MiB of request images the whole server holds in flight before RESOURCE_EXHAUSTED"},
     )
     max_message_mb: int = field(default=64, metadata={"help": "largest request or response, MiB"})
     max_image_pixels: int = field(default=40_000_000, metadata={"help": "decompression-bomb guard"})
@@ -66,6 +79,22 @@ class Settings:
     max_connection_age_s: float = field(
         default=0.0, metadata={"help": "close connections after this long so clients rebalance; 0: never"}
     )
+    max_concurrent_streams: int = field(
+        default=1024,
+        metadata={
+            "help": "calls at once on one connection (HTTP/2); a client's further calls wait on its side"
+        },
+    )
+    keepalive_time_s: float = field(
+        default=60.0, metadata={"help": "ping a connection idle this long, to find peers that vanished"}
+    )
+    keepalive_timeout_s: float = field(
+        default=20.0, metadata={"help": "close a connection whose ping is not answered within this"}
+    )
+    max_connection_idle_s: float = field(
+        default=600.0,
+        metadata={"help": "close a connection without calls for this long (clients reconnect); 0: never"},
+    )
     tls_cert: str = field(
         default="",
         metadata={
@@ -89,6 +118,13 @@ class Settings:
         metadata={
             "help": "a plaintext port serving only grpc.health.v1, for probes that cannot speak TLS "
             "(Kubernetes'); -1: none, 0: any free port"
+        },
+    )
+    model_digests: str = field(
+        default="",
+        metadata={
+            "help": "sha256sum list of the repository's model files, kept apart from it: only versions "
+            "listed with the matching digest load"
         },
     )
     metrics_tls: bool = field(
@@ -117,6 +153,8 @@ class Settings:
         for name in (
             "max_batch_size",
             "max_queue_size",
+            "max_in_flight_images",
+            "max_in_flight_mb",
             "max_message_mb",
             "max_image_pixels",
             "decode_threads",
@@ -129,12 +167,18 @@ class Settings:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if min(self.max_queue_delay_ms, self.grace_period_s, self.shutdown_delay_s) < 0:
             raise ValueError("max_queue_delay_ms, shutdown_delay_s and grace_period_s cannot be negative")
+        if min(self.max_connection_idle_s, self.max_connection_age_s) < 0:
+            raise ValueError("max_connection_idle_s and max_connection_age_s cannot be negative")
+        if self.max_concurrent_streams < 1 or min(self.keepalive_time_s, self.keepalive_timeout_s) <= 0:
+            raise ValueError(
+                "max_concurrent_streams, keepalive_time_s and keepalive_timeout_s must be positive"
+            )
         _check_threshold("default_detection_threshold", self.default_detection_threshold)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together: set both for TLS, or neither")
         if (self.tls_client_ca or self.metrics_tls) and not self.tls_cert:
             raise ValueError("tls_client_ca and metrics_tls need tls_cert and tls_key")
-        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens"):
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens", "model_digests"):
             if getattr(self, name) and not Path(getattr(self, name)).is_file():
                 raise ValueError(f"{name} {getattr(self, name)} is not a file")
         if self.health_port < -1:
@@ -153,6 +197,7 @@ class ModelSettings:
     max_batch_size: int
     max_queue_delay_ms: float
     max_queue_size: int
+    max_in_flight_images: int
     default_top_k: int  # classification
     default_score_threshold: float  # classification: labels below it left out; detection: boxes
     default_max_detections: int | None = None  # detection; None: every box above the threshold
@@ -164,6 +209,7 @@ class ModelSettings:
             server.max_batch_size,
             server.max_queue_delay_ms,
             server.max_queue_size,
+            server.max_in_flight_images,
             server.default_top_k,
             server.default_detection_threshold if task == DETECTION else 0.0,
         )
@@ -190,7 +236,14 @@ class ModelSettings:
             raise ValueError(f"{path}: {exc}") from None
 
     def validate(self) -> "ModelSettings":
-        for name in ("max_batch_size", "max_queue_size", "default_top_k", "default_max_detections"):
+        names = (
+            "max_batch_size",
+            "max_queue_size",
+            "max_in_flight_images",
+            "default_top_k",
+            "default_max_detections",
+        )
+        for name in names:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, not {value}")

@@ -4,13 +4,11 @@ and HTTPS metrics: real servers on loopback, certificates made by openssl, our c
 import hashlib
 import io
 import json
-import shlex
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -25,34 +23,11 @@ from tritonclient.utils import InferenceServerException
 from attnserve.client import ChannelSecurity, VisionClient
 from attnserve.models.scenes import classification_scene
 from attnserve.service.auth import ADMIN, INFER, read_tokens, scope_of
+from bench.certs import issue, make_ca
 from bench.harness import start_server
 
 INFER_TOKEN = "infer-token-0123456789abcdef"
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
-
-
-def openssl(command: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *shlex.split(command)], cwd=cwd, check=True, capture_output=True)
-
-
-EC = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-
-
-def issue(directory: Path, name: str, ca: str, usage: str) -> None:
-    """``name``.pem and ``name``.key, an EC P-256 certificate for 127.0.0.1 signed by ``ca``."""
-    (directory / f"{name}.ext").write_text(
-        f"subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\n"
-    )
-    openssl(f"req {EC} -keyout {name}.key -out {name}.csr -subj /CN={name}", directory)
-    openssl(
-        f"x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -set_serial {time.time_ns()} -days 2 "
-        f"-out {name}.pem -extfile {name}.ext",
-        directory,
-    )
-
-
-def make_ca(directory: Path, name: str) -> None:
-    openssl(f"req -x509 {EC} -keyout {name}.key -out {name}.pem -days 2 -subj /CN={name}", directory)
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +150,11 @@ def test_scopes_separate_inference_from_administration(tls_server, pki):
 
 
 def test_metrics_over_https_count_the_refusals(tls_server, pki):
+    with (
+        VisionClient(tls_server.target, timeout=5, security=secured(pki, None)) as c,
+        pytest.raises(grpc.RpcError),
+    ):
+        c.list_models()  # no token: one refusal counted
     with pytest.raises(OSError):  # plain http: the connection is reset, nothing is answered
         urllib.request.urlopen(tls_server.metrics_url, timeout=5)
     context = ssl.create_default_context(cafile=pki / "ca.pem")
@@ -357,3 +337,37 @@ def test_every_method_has_a_scope_and_unknown_ones_need_administration():
     assert scope_of("/inference.GRPCInferenceService/RepositoryModelLoad") == ADMIN
     assert scope_of("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo") == ADMIN
     assert scope_of("/some.NewService/Method") == ADMIN
+
+
+def test_only_models_in_the_digest_list_load(demo_repository, tmp_path):
+    """A writable repository cannot swap a model unnoticed: eca_classifier's files are replaced by
+    harnet_detector's (its manifest and model agree, so the manifest's own digest passes), and
+    fcos_detector is not listed at all."""
+    repo = tmp_path / "repository"
+    for name in ("cbam_classifier", "eca_classifier", "fcos_detector"):
+        shutil.copytree(demo_repository / name, repo / name)
+    lines = [
+        f"{hashlib.sha256((repo / n / '1' / 'model.onnx').read_bytes()).hexdigest()}  {n}/1/model.onnx"
+        for n in ("cbam_classifier", "eca_classifier")
+    ]
+    (tmp_path / "digests").write_text("\n".join(lines) + "\n")
+    for file in ("model.onnx", "manifest.json"):  # the swap, after the list was made
+        shutil.copy(demo_repository / "harnet_detector" / "1" / file, repo / "eca_classifier" / "1" / file)
+    server = start_server(repo, tmp_path / "log", "--model-digests", str(tmp_path / "digests"))
+    try:
+        with VisionClient(server.target, timeout=10) as client:
+            assert [m.name for m in client.list_models().models] == ["cbam_classifier"]
+        triton = tritonclient.grpc.InferenceServerClient(server.target)
+        reasons = {m.name: m.reason for m in triton.get_model_repository_index().models if m.reason}
+        assert "does not match its sha256 in model_digests" in reasons["eca_classifier"]
+        assert "fcos_detector/1/model.onnx is not in model_digests" in reasons["fcos_detector"]
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_a_digest_list_that_does_not_parse_stops_the_server(repository, tmp_path):
+    (tmp_path / "digests").write_text("not-a-digest  cbam_classifier/1/model.onnx\n")
+    command = [sys.executable, "-m", "attnserve.cli", "serve", "--repository", str(repository), "--port", "0"]
+    command += ["--metrics-port", "0", "--model-digests", str(tmp_path / "digests")]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "line 1: expected sha256sum's" in out.stderr, out.stderr

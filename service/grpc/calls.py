@@ -47,6 +47,7 @@ async def outcome(
     deadline = time.monotonic() + remaining if remaining is not None else None
     started = time.perf_counter()
     metrics.in_flight.labels(method).inc()
+    dataplane.readiness.call_started()
     code: grpc.StatusCode = grpc.StatusCode.OK
     try:
         return None, await work(deadline)
@@ -62,6 +63,7 @@ async def outcome(
         code = grpc.StatusCode.INTERNAL
         return code, f"internal error (request id {request_id}; see the server log)"
     finally:
+        dataplane.readiness.call_ended()
         metrics.in_flight.labels(method).dec()
         metrics.requests.labels(label, method, code.name).inc()
         metrics.request_seconds.labels(label, method).observe(time.perf_counter() - started)

@@ -99,15 +99,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 score_threshold=request.score_threshold if request.HasField("score_threshold") else None,
             )
         )
-        results = [
-            pb.Classification(
-                labels=[pb.ScoredLabel(class_id=s.class_id, label=s.label, score=s.score) for s in r.labels],
-                maps=maps_of(r.maps),
-                image_size=pb.ImageSize(height=r.height, width=r.width),
-            )
-            for r in prediction.results
-        ]
-        return pb.ClassifyResponse(results=results, **_common(prediction))
+        return await self.dataplane.reply(prediction, classify_response)
 
     async def _detect(self, request: pb.DetectRequest, deadline: float | None) -> pb.DetectResponse:
         prediction = await self.dataplane.predict(
@@ -122,23 +114,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 max_detections=request.max_detections if request.HasField("max_detections") else None,
             )
         )
-        results = [
-            pb.DetectionResult(
-                detections=[
-                    pb.Detection(
-                        box=pb.Box(x1=d.box[0], y1=d.box[1], x2=d.box[2], y2=d.box[3]),
-                        class_id=d.class_id,
-                        label=d.label,
-                        score=d.score,
-                    )
-                    for d in r.detections
-                ],
-                maps=maps_of(r.maps),
-                image_size=pb.ImageSize(height=r.height, width=r.width),
-            )
-            for r in prediction.results
-        ]
-        return pb.DetectResponse(results=results, **_common(prediction))
+        return await self.dataplane.reply(prediction, detect_response)
 
     async def _call(
         self,
@@ -155,6 +131,38 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             context,
             lambda deadline: handler(request, deadline),
         )
+
+
+def classify_response(prediction: Prediction) -> pb.ClassifyResponse:
+    results = [
+        pb.Classification(
+            labels=[pb.ScoredLabel(class_id=s.class_id, label=s.label, score=s.score) for s in r.labels],
+            maps=maps_of(r.maps),
+            image_size=pb.ImageSize(height=r.height, width=r.width),
+        )
+        for r in prediction.results
+    ]
+    return pb.ClassifyResponse(results=results, **_common(prediction))
+
+
+def detect_response(prediction: Prediction) -> pb.DetectResponse:
+    results = [
+        pb.DetectionResult(
+            detections=[
+                pb.Detection(
+                    box=pb.Box(x1=d.box[0], y1=d.box[1], x2=d.box[2], y2=d.box[3]),
+                    class_id=d.class_id,
+                    label=d.label,
+                    score=d.score,
+                )
+                for d in r.detections
+            ],
+            maps=maps_of(r.maps),
+            image_size=pb.ImageSize(height=r.height, width=r.width),
+        )
+        for r in prediction.results
+    ]
+    return pb.DetectResponse(results=results, **_common(prediction))
 
 
 def images_of(request: pb.ClassifyRequest | pb.DetectRequest) -> list[ImageInput]:

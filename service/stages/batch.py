@@ -13,13 +13,13 @@ import asyncio
 import collections
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
 from attnserve.service.errors import ServiceError
+from attnserve.service.lanes import worker_pool
 from attnserve.service.metrics import Metrics
 from attnserve.service.stages.run import OnnxModel
 
@@ -64,7 +64,7 @@ class Batcher:
         self._queued_images = 0
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model.manifest.name}")
+        self._executor = worker_pool(1, f"infer-{model.manifest.name}")
 
     def announce(self) -> None:
         """A request for this model is being prepared: a batch may wait for it."""
@@ -149,15 +149,15 @@ class Batcher:
         return True
 
     async def _infer(self, jobs: list[_Job]) -> None:
-        images = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
+        size = sum(len(j.images) for j in jobs)
         outputs = list(dict.fromkeys(name for j in jobs for name in j.outputs))
         started = time.monotonic()
         try:
             results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.model.run, images, outputs
+                self._executor, self._run_batch, [j.images for j in jobs], outputs
             )
         except Exception as exc:
-            log.exception("inference failed for %s (batch of %d)", self.label, len(images))
+            log.exception("inference failed for %s (batch of %d)", self.label, size)
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(
@@ -165,7 +165,7 @@ class Batcher:
                     )
             return
         elapsed = time.monotonic() - started
-        self.metrics.batch_size.labels(*self._metric_labels).observe(len(images))
+        self.metrics.batch_size.labels(*self._metric_labels).observe(size)
         row = 0
         for job in jobs:
             n = len(job.images)
@@ -173,3 +173,8 @@ class Batcher:
                 rows = {name: results[name][row : row + n] for name in job.outputs}
                 job.future.set_result(BatchResult(rows, started - job.enqueued, elapsed))
             row += n
+
+    def _run_batch(self, parts: list[np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        """On the model's thread: the requests' images joined (a copy of the whole batch, kept off the
+        event loop) and run."""
+        return self.model.run(parts[0] if len(parts) == 1 else np.concatenate(parts), outputs)

@@ -35,8 +35,15 @@ def providers_for(choice: str) -> list[str]:
 
 class OnnxModel:
     def __init__(
-        self, version_dir: Path, provider: str, intra_op_threads: int, inter_op_threads: int
+        self,
+        version_dir: Path,
+        provider: str,
+        intra_op_threads: int,
+        inter_op_threads: int,
+        trusted_sha256: str | None = None,
     ) -> None:
+        """``trusted_sha256``: the model file's digest from a list kept apart from the repository (the
+        manifest's own can be rewritten with the file); checked on the very bytes the session loads."""
         started = time.perf_counter()
         self.manifest = Manifest.read(version_dir / MANIFEST_FILE)
         data = (version_dir / MODEL_FILE).read_bytes()
@@ -45,6 +52,8 @@ class OnnxModel:
             raise RuntimeError(
                 f"{version_dir / MODEL_FILE} does not match its manifest's sha256; re-export it"
             )
+        if trusted_sha256 is not None and digest != trusted_sha256:
+            raise RuntimeError(f"{version_dir / MODEL_FILE} does not match its sha256 in model_digests")
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
