@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-latest lock lint format train evaluate clean protos prometheus bench bench-quick
+.PHONY: install run test test-latest lock lint format train evaluate clean protos prometheus bench bench-quick soak fuzz
 
 install: $(STAMP)
 
@@ -124,6 +124,17 @@ bench: install
 
 bench-quick: install
 	$(PY) -m bench --quick
+
+# Coverage-guided fuzzing (fuzz/README.md): each harness 10 minutes on one core, carrying on past crashes;
+# exits non-zero naming every input that crashed (each then becomes a file in fuzz/regressions/).
+fuzz: install
+	$(PY) -m fuzz all -fork=1 -ignore_crashes=1 -max_total_time=600
+
+# Overload (1024 callers), a 60 s soak and SIGTERM under load, about 2 minutes; bench/results/soak.json
+# (docs/service.md: Limits and security). SOAK_SECONDS=300 for the 5-minute soak.
+SOAK_SECONDS ?= 60
+soak: install
+	$(PY) -m bench.soak --soak-seconds $(SOAK_SECONDS)
 
 # Regenerate the gRPC code in attnserve/api/ from protos/ (a test fails when it is stale).
 protos: install
