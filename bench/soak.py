@@ -16,7 +16,8 @@ default settings, callers spread over 8 channels:
 
 A refused caller backs off 0.1-0.5 s before its next call, as the refusal advises.
 
-In every phase grpc.health.v1 is checked every 20 ms on the gRPC port and on the health-only port.
+In every phase grpc.health.v1 is checked every 20 ms on the gRPC port and on the health-only port,
+each from a process of its own (bench/probe.py).
 """
 
 import argparse
@@ -25,14 +26,13 @@ import collections
 import json
 import random
 import signal
+import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from attnserve.client import AsyncVisionClient, ChannelSecurity
 from bench.__main__ import export, machine, versions
@@ -58,43 +58,17 @@ def rss_mb(pid: int) -> float:
 
 
 class HealthProbe:
-    """grpc.health.v1 Check every 20 ms from a thread of its own, on one port: the latencies."""
+    """bench/probe.py on one port, in a process of its own, until ``summary``."""
 
-    def __init__(self, target: str, security: ChannelSecurity) -> None:
-        self.target, self.security = target, security
-        self.latencies, self.failed, self._stop = [], 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        with self.security.channel(self.target, []) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
-                    self.latencies.append(time.perf_counter() - started)
-                except grpc.RpcError:
-                    if not self._stop.is_set():
-                        self.failed += 1
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
+    def __init__(self, target: str, ca: Path | None = None) -> None:
+        command = [sys.executable, "-m", "bench.probe", target, *(["--tls-ca", str(ca)] if ca else [])]
+        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
     def summary(self) -> dict:
-        """Stops the probe; the latencies of the checks answered, and how many failed (in the drain
-        phase, those the stopping server no longer answered)."""
-        self.stop()
-        ms = np.array(self.latencies) * 1e3
-        return {
-            "checks": len(ms),
-            "failed": self.failed,
-            "p50_ms": round(float(np.percentile(ms, 50)), 1),
-            "p99_ms": round(float(np.percentile(ms, 99)), 1),
-            "max_ms": round(float(ms.max()), 1),
-        }
+        """Stops the probe: the latencies of the checks answered, and how many failed."""
+        self._process.send_signal(signal.SIGTERM)
+        out, _ = self._process.communicate(timeout=30)
+        return json.loads(out)
 
 
 async def callers(
@@ -180,17 +154,15 @@ def phase(
         repository, work / f"{name}.log", "--health-port", str(health_port), *server_args, security=security
     )
     probes = {
-        "grpc_port": HealthProbe(server.target, server.security),
-        "health_port": HealthProbe(f"127.0.0.1:{health_port}", ChannelSecurity()),
+        "grpc_port": HealthProbe(server.target, server.security.ca),
+        "health_port": HealthProbe(f"127.0.0.1:{health_port}"),
     }
     try:
         result = asyncio.run(callers(server, images, count, seconds, sigterm_after))
-        result["health"] = {port: probe.summary() for port, probe in probes.items()}
     finally:
-        for probe in probes.values():
-            probe.stop()
-        result_code = server.stop(60)
-    result["exit_code"] = result_code
+        health = {port: probe.summary() for port, probe in probes.items()}
+        exit_code = server.stop(60)
+    result.update(health=health, exit_code=exit_code)
     print(f"{name}: {json.dumps({k: v for k, v in result.items() if k != 'rss_samples'})}", flush=True)
     return result
 
