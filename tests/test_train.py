@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +123,10 @@ def test_init_copies_the_weights_another_architecture_shares(tmp_path):
     copied = load_matching_weights(target, tmp_path / "se.pt")
     assert 0 < copied < len(source.state_dict())  # the convs and head match; SE's own MLP has no place in ECA
     torch.testing.assert_close(target.backbone.stem[0].weight, source.backbone.stem[0].weight.half().float())
+
+
+@pytest.mark.parametrize("seed", ["2", "1000", "2000"])
+def test_a_training_data_seed_may_not_be_a_validation_or_evaluation_seed(seed):
+    command = [sys.executable, "-m", "attnserve.demo.train", "cbam_classifier", "--data-seed", seed]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "is a validation or evaluation seed" in out.stderr
