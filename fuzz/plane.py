@@ -60,13 +60,9 @@ class Plane:
         nothing is left queued (else later batches would wait, or the queue would fill up for good)."""
         if not self.dataplane.admission.idle():
             raise AssertionError(f"admission still counts {self.dataplane.admission.images} after a request")
-        for served in self.dataplane.registry.all():
-            b = served.batcher
-            if b._coming != 0 or b._queued_images != 0 or b._queue:
-                raise AssertionError(
-                    f"batcher {b.label} not idle after a request: {b._coming} announced, "
-                    f"{b._queued_images} images queued"
-                )
+        busy = [s.batcher.label for s in self.dataplane.registry.all() if not s.batcher.idle()]
+        if busy:
+            raise AssertionError(f"batchers not idle after a request (something announced or queued): {busy}")
 
 
 _plane: Plane | None = None

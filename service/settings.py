@@ -226,7 +226,7 @@ class ModelSettings:
         if unknown:
             raise ValueError(f"{path}: unknown settings {', '.join(unknown)} (known: {', '.join(known)})")
         for name, value in values.items():
-            wanted = (float, int) if known[name].type in ("float", float) else (int,)
+            wanted = (float, int) if known[name].type is float else (int,)
             if isinstance(value, bool) or not isinstance(value, wanted):
                 raise ValueError(f"{path}: {name} must be a number, not {value!r}")
         settings = dataclasses.replace(settings, **values)

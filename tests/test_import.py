@@ -4,6 +4,7 @@ normalised inside its expectations, softmax probabilities), one from the TorchSc
 channels-last input, and a detector whose outputs are already decoded."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -151,38 +152,31 @@ def encode(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def import_keras(tmp_path: Path, labels: Path, *options: str) -> Path:
+    """``attnserve import`` of tmp_path/keras.onnx as the classifier "keras" (bytes in, BGR), with
+    ``options``; the repository written."""
+    repo = tmp_path / "repo"
+    arguments = [str(tmp_path / "keras.onnx"), "--task", "classification", "--labels", str(labels)]
+    arguments += ["--name", "keras", "--repository", str(repo), "--input-range", "bytes", "--channels", "bgr"]
+    assert import_main([*arguments, *options]) == 0
+    return repo
+
+
 def test_a_keras_like_graph_imports_with_its_gates_and_serves(tmp_path, labels):
     keras_like_onnx(tmp_path / "keras.onnx")
-    repo = tmp_path / "repo"
-    assert (
-        import_main(
-            [
-                str(tmp_path / "keras.onnx"),
-                "--task",
-                "classification",
-                "--labels",
-                str(labels),
-                "--name",
-                "keras",
-                "--repository",
-                str(repo),
-                "--input-range",
-                "bytes",
-                "--channels",
-                "bgr",
-                "--image-mean",
-                "127.5",
-                "127.5",
-                "127.5",
-                "--image-std",
-                "127.5",
-                "127.5",
-                "127.5",
-                "--scores",
-                "probabilities",
-            ]
-        )
-        == 0
+    repo = import_keras(
+        tmp_path,
+        labels,
+        "--image-mean",
+        "127.5",
+        "127.5",
+        "127.5",
+        "--image-std",
+        "127.5",
+        "127.5",
+        "127.5",
+        "--scores",
+        "probabilities",
     )
     manifest = Manifest.read(repo / "keras" / "1" / "manifest.json")
     assert manifest.source["origin"] == "imported" and manifest.exporter == "imported"
@@ -223,29 +217,7 @@ def test_a_keras_like_graph_imports_with_its_gates_and_serves(tmp_path, labels):
 def test_a_gate_applied_in_a_channels_last_view_is_served_in_the_features_frame(tmp_path, labels):
     """tf2onnx's SE: the gate N×1×1×C multiplies an N×H×W×C view; it is the feature's channel map."""
     keras_like_onnx(tmp_path / "keras.onnx", se_channels_last=True)
-    repo = tmp_path / "repo"
-    assert (
-        import_main(
-            [
-                str(tmp_path / "keras.onnx"),
-                "--task",
-                "classification",
-                "--labels",
-                str(labels),
-                "--name",
-                "keras",
-                "--repository",
-                str(repo),
-                "--input-range",
-                "bytes",
-                "--channels",
-                "bgr",
-                "--scores",
-                "probabilities",
-            ]
-        )
-        == 0
-    )
+    repo = import_keras(tmp_path, labels, "--scores", "probabilities")
     manifest = Manifest.read(repo / "keras" / "1" / "manifest.json")
     maps = {a.name: a for a in manifest.attention}
     assert sorted((a.kind, a.shape) for a in maps.values()) == [

@@ -70,6 +70,10 @@ class Batcher:
         """A request for this model is being prepared: a batch may wait for it."""
         self._coming += 1
 
+    def idle(self) -> bool:
+        """Nothing announced, queued or waiting: what every request left behind has been taken back."""
+        return self._coming == 0 and self._queued_images == 0 and not self._queue
+
     def withdraw(self) -> None:
         """An announced request will not be submitted after all (it failed before inference)."""
         self._coming -= 1
