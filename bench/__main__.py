@@ -25,7 +25,7 @@ from attnserve.export.cli import main as export_main
 from attnserve.manifest import MANIFEST_FILE, Manifest
 from attnserve.models.outputs import ROLLOUT
 from bench import limits, report
-from bench.harness import start_server
+from bench.harness import ServerProcess, start_server
 from bench.loadgen import LoadResult, run_load
 from bench.peer import start_mlserver
 from bench.workloads import ImageSet, TensorCalls, VisionCalls, image_set
@@ -155,20 +155,44 @@ def bench_model(name: str, args: argparse.Namespace, profile: dict) -> dict:
     )
     try:
         log(f"{name}: attnserve, JPEGs at the model's size, concurrency {profile['concurrencies']}")
-        out["attnserve"] = {
-            c: vision(server.target, name, images, [], c, load) for c in profile["concurrencies"]
-        }
+        out["attnserve"] = {c: vision(server, name, images, [], c, load) for c in profile["concurrencies"]}
         log(f"{name}: attnserve variants at concurrency {COMPARE_AT}")
-        out["attnserve_maps"] = vision(server.target, name, images, ["all"], COMPARE_AT, load)
+        out["attnserve_maps"] = vision(server, name, images, ["all"], COMPARE_AT, load)
         if rollout:
-            out["attnserve_rollout"] = vision(server.target, name, images, [ROLLOUT], COMPARE_AT, load)
-        out["attnserve_1080p"] = vision(server.target, name, photos, [], COMPARE_AT, load)
+            out["attnserve_rollout"] = vision(server, name, images, [ROLLOUT], COMPARE_AT, load)
+        out["attnserve_1080p"] = vision(server, name, photos, [], COMPARE_AT, load)
         out["attnserve_v2_tensors"] = tensors(server.target, name, images, COMPARE_AT, load)
     finally:
         server.stop()
     server = start_server(repository, work / f"{name}-no-batching.log", *server_args, "--max-batch-size", "1")
     try:
-        out["attnserve_no_batching"] = vision(server.target, name, images, [], COMPARE_AT, load)
+        out["attnserve_no_batching"] = vision(server, name, images, [], COMPARE_AT, load)
+    finally:
+        server.stop()
+    # one worker process per thread of the run, each with one ONNX Runtime thread: the same cores
+    workers = max(1, args.threads)
+    log(f"{name}: attnserve with {workers} worker processes")
+    server = start_server(
+        repository,
+        work / f"{name}-workers.log",
+        *server_args,
+        "--workers",
+        str(workers),
+        "--intra-op-threads",
+        str(max(1, args.threads // workers)),
+        "--decode-threads",
+        "2",
+        "--max-batch-size",
+        str(MAX_BATCH),
+        "--max-queue-delay-ms",
+        "2",
+    )
+    try:
+        out["attnserve_workers"] = {
+            c: vision(server, name, images, [], c, load) for c in profile["concurrencies"]
+        }
+        out["attnserve_workers_1080p"] = vision(server, name, photos, [], COMPARE_AT, load)
+        out["workers"] = workers
     finally:
         server.stop()
     if profile["peer"]:
@@ -216,14 +240,29 @@ def export(name: str, repository: Path, precision: str = "fp32", int8_options: l
 
 
 def vision(
-    target: str, model: str, images: ImageSet, select: list[str], concurrency: int, load: dict
+    server: ServerProcess, model: str, images: ImageSet, select: list[str], concurrency: int, load: dict
 ) -> dict:
+    """The vision API under load, with the CPU the server and this load generator each used: on a
+    machine they share, the generator's share is what the server could not have."""
+
     async def go():
-        async with AsyncVisionClient(target, timeout=120) as client:
+        # 16 connections: the kernel hands each to one of a server's workers, at random
+        async with AsyncVisionClient(server.target, timeout=120, connections=16) as client:
             calls = VisionCalls(client, model, images, select)
             return await run_load(calls, concurrency, check=calls.check, **load)
 
-    return _finished(asyncio.run(go()))
+    server_before, client_before = server.cpu_seconds(), time.process_time()
+    result = asyncio.run(go())
+    server_cpu, client_cpu = server.cpu_seconds() - server_before, time.process_time() - client_before
+    summary = _finished(result)
+    done = max(1, result.requests * result.images_per_request)
+    summary.update(
+        server_cores=round(server_cpu / result.seconds, 3),
+        client_cores=round(client_cpu / result.seconds, 3),
+        server_cpu_ms_per_image=round(server_cpu / done * 1e3, 3),
+        client_cpu_ms_per_image=round(client_cpu / done * 1e3, 3),
+    )
+    return summary
 
 
 def tensors(target: str, model: str, images: ImageSet, concurrency: int, load: dict) -> dict:

@@ -1,6 +1,7 @@
 """``attnserve serve`` as a child process on free loopback ports, for tests, benchmarks and tooling:
 started, waited for until health says SERVING, and stopped with SIGTERM."""
 
+import os
 import re
 import subprocess
 import sys
@@ -40,6 +41,10 @@ class ServerProcess:
             stub = health_pb2_grpc.HealthStub(channel)
             return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the server and of its live worker processes so far."""
+        return sum(_cpu_seconds(pid) for pid in _tree(self.process.pid))
+
     def stop(self, timeout: float = 30) -> int:
         if self.process.poll() is None:
             self.process.terminate()
@@ -53,11 +58,12 @@ def start_server(
     timeout: float = 60,
     until_serving: bool = True,
     security: ChannelSecurity | None = None,
+    env: dict[str, str] | None = None,
 ) -> ServerProcess:
     """``attnserve serve`` on free loopback ports; returns once health says SERVING (or, without
     ``until_serving``, as soon as it answers health checks at all: models may still be loading).
-    ``security``: how to reach it, when ``args`` turn on TLS."""
-    # one inference thread unless ``args`` say otherwise (a later flag wins)
+    ``security``: how to reach it, when ``args`` turn on TLS; ``env``: variables added to ours."""
+    # one process with one inference thread unless ``args`` say otherwise (a later flag wins)
     command = [
         str(Path(sys.executable).with_name("attnserve")),
         "serve",
@@ -73,10 +79,14 @@ def start_server(
         "0",
         "--intra-op-threads",
         "1",
+        "--workers",
+        "1",
         *args,
     ]
     log = open(log_path, "w")  # noqa: SIM115 - the process writes it for its whole life
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+    )
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if process.poll() is not None:
@@ -93,3 +103,20 @@ def start_server(
         time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"server not ready in {timeout} s:\n{log_path.read_text()}")
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a supervisor's workers)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [pid, *(p for child in children for p in _tree(int(child)))]
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # exited since it was listed
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

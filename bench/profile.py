@@ -8,21 +8,13 @@ image, and a py-spy profile of the server summarised by thread and by innermost 
 import argparse
 import collections
 import os
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from bench.__main__ import vision
 from bench.harness import start_server
 from bench.workloads import image_set
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def summarise(raw: Path, top: int = 6) -> list[str]:
@@ -72,26 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         [str(py_spy), *record, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        server_before, own_before, started = (
-            cpu_seconds(server.process.pid),
-            resource.getrusage(0),
-            time.time(),
-        )
-        load = vision(
-            server.target, args.model, images, [], 16, dict(max_requests=10**6, max_seconds=args.seconds)
-        )
-        server_cpu = cpu_seconds(server.process.pid) - server_before
-        own = resource.getrusage(0)
-        client_cpu = own.ru_utime + own.ru_stime - own_before.ru_utime - own_before.ru_stime
-        wall = time.time() - started
+        load = vision(server, args.model, images, [], 16, dict(max_requests=10**6, max_seconds=args.seconds))
         spy.wait(60)
     finally:
         server.stop()
-    images_done = load["requests"]
-    print(f"{args.model}, concurrency 16, {wall:.1f} s: {load['throughput_images_per_s']} images/s")
-    print(f"server: {server_cpu / wall:.2f} cores, {server_cpu / images_done * 1e3:.2f} ms CPU per image")
-    per_request = client_cpu / images_done * 1e3
-    print(f"load generator: {client_cpu / wall:.2f} cores, {per_request:.2f} ms CPU per request")
+    print(
+        f"{args.model}, concurrency 16, {load['seconds']:.1f} s: {load['throughput_images_per_s']} images/s"
+    )
+    print(f"server: {load['server_cores']:.2f} cores, {load['server_cpu_ms_per_image']:.2f} ms CPU per image")
+    print(
+        f"load generator: {load['client_cores']:.2f} cores, {load['client_cpu_ms_per_image']:.2f} ms CPU "
+        "per request"
+    )
     print("\n".join(summarise(raw)))
     return 0
 

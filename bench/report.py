@@ -27,6 +27,25 @@ def ratios(r: dict) -> dict:
         "batching_on_vs_off": at / r["attnserve_no_batching"]["throughput_images_per_s"],
         "onnxruntime_vs_eager": r["limit"]["best_throughput"] / r["eager"]["best_throughput"],
     }
+    if "attnserve_workers" in r:
+        many = r["attnserve_workers"]
+        best_many = max(many, key=lambda c: many[c]["throughput_images_per_s"])
+        out["workers_throughput_vs_limit"] = (
+            many[best_many]["throughput_images_per_s"] / r["limit"]["best_throughput"]
+        )
+        out["workers_vs_one_process"] = many[COMPARE_AT]["throughput_images_per_s"] / at
+        if 1 in many:
+            out["workers_batch1_latency_over_limit_ms"] = many[1]["p50_ms"] - r["limit"]["batch1_latency_ms"]
+        out["workers_1080p_vs_model_size"] = (
+            r["attnserve_workers_1080p"]["throughput_images_per_s"]
+            / many[COMPARE_AT]["throughput_images_per_s"]
+        )
+        # CPU per image, the server's against session.run's: what the serving layer costs, whoever
+        # else (the load generator) shares the machine
+        out["limit_cpu_vs_workers_cpu"] = (
+            r["limit"]["cpu_ms_per_image"] / many[COMPARE_AT]["server_cpu_ms_per_image"]
+        )
+        out["load_generator_cores_c16"] = many[COMPARE_AT]["client_cores"]
     if "mlserver_v2_tensors" in r:
         ours, peer = r["attnserve_v2_tensors"], r["mlserver_v2_tensors"]
         out["v2_throughput_vs_mlserver"] = ours["throughput_images_per_s"] / peer["throughput_images_per_s"]
@@ -45,6 +64,32 @@ GOALS = [  # (key, figure, goal text, test)
         "≤ 1 ms",
         lambda v: v <= 1.0,
     ),
+    (
+        "workers_throughput_vs_limit",
+        "attnserve with one worker per core, best throughput / ONNX Runtime limit",
+        "≥ 0.9",
+        lambda v: v >= 0.9,
+    ),
+    (
+        "workers_batch1_latency_over_limit_ms",
+        "workers, batch-1 p50 at concurrency 1 − session.run (ms)",
+        "≤ 1 ms",
+        lambda v: v <= 1.0,
+    ),
+    ("workers_vs_one_process", "workers / one process (throughput, c=16)", "—", None),
+    (
+        "workers_1080p_vs_model_size",
+        "workers, 1080p JPEGs / model-size JPEGs",
+        "≥ 0.8",
+        lambda v: v >= 0.8,
+    ),
+    (
+        "limit_cpu_vs_workers_cpu",
+        "session.run CPU per image / workers' server CPU per image (c=16)",
+        "—",
+        None,
+    ),
+    ("load_generator_cores_c16", "cores the load generator used (workers, c=16)", "—", None),
     ("maps_vs_no_maps", "with every attention map / without (throughput)", "≥ 0.95", lambda v: v >= 0.95),
     ("rollout_vs_no_maps", "with the rollout map / without (throughput)", "≥ 0.95", lambda v: v >= 0.95),
     (
@@ -73,23 +118,35 @@ def markdown(results: dict) -> str:
             if key in figures and figures[key] is not None:
                 met = "" if test is None else ("yes" if test(figures[key]) else "**no**")
                 lines.append(f"| {label} | {figures[key]} | {goal} | {met} |")
-        lines += ["", "| contender | throughput (img/s) | p50 ms | p99 ms |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "| contender | throughput (img/s) | p50 ms | p99 ms | server CPU ms / image "
+            "| load generator cores |",
+            "|---|---|---|---|---|---|",
+        ]
         lines.append(
             f"| ONNX Runtime session.run, best batch ({r['limit']['best_batch']}) | "
-            f"{r['limit']['best_throughput']} | {r['limit']['batch1_latency_ms']} (batch 1) | |"
+            f"{r['limit']['best_throughput']} | {r['limit']['batch1_latency_ms']} (batch 1) | | "
+            f"{r['limit'].get('cpu_ms_per_image', '')} | |"
         )
         if "limit_rollout" in r:
             rolled = r["limit_rollout"]
             lines.append(
                 f"| ONNX Runtime session.run with the rollout, best batch ({rolled['best_batch']}) | "
-                f"{rolled['best_throughput']} | {rolled['batch1_latency_ms']} (batch 1) | |"
+                f"{rolled['best_throughput']} | {rolled['batch1_latency_ms']} (batch 1) | | | |"
             )
         eager = r["eager"]
         lines.append(
-            f"| PyTorch eager, best batch ({eager['best_batch']}) | {eager['best_throughput']} | | |"
+            f"| PyTorch eager, best batch ({eager['best_batch']}) | {eager['best_throughput']} | | | | |"
         )
         for c, s in r["attnserve"].items():
             lines.append(_row(f"attnserve, JPEG at model size, c={c}", s))
+        for c, s in r.get("attnserve_workers", {}).items():
+            lines.append(_row(f"attnserve, {r['workers']} workers, JPEG at model size, c={c}", s))
+        if "attnserve_workers_1080p" in r:
+            lines.append(
+                _row(f"attnserve, {r['workers']} workers, 1080p JPEG, c=16", r["attnserve_workers_1080p"])
+            )
         for key, label in (
             ("attnserve_maps", "attnserve, all maps, c=16"),
             ("attnserve_rollout", "attnserve, rollout map, c=16"),
@@ -106,7 +163,12 @@ def markdown(results: dict) -> str:
 
 def _row(label: str, s: dict) -> str:
     errors = f" ({s['errors']} errors)" if s["errors"] else ""
-    return f"| {label}{errors} | {s['throughput_images_per_s']} | {s['p50_ms']} | {s['p99_ms']} |"
+    cpu = (
+        f" | {s['server_cpu_ms_per_image']} | {s['client_cores']}"
+        if "server_cpu_ms_per_image" in s
+        else " | |"
+    )
+    return f"| {label}{errors} | {s['throughput_images_per_s']} | {s['p50_ms']} | {s['p99_ms']}{cpu} |"
 
 
 ANALYSIS_HEADING = "## Where the time goes"

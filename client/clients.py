@@ -6,6 +6,7 @@ with VisionClient("localhost:50051") as client:
 """
 
 import io
+import itertools
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -20,6 +21,10 @@ from attnserve.client.security import ChannelSecurity
 
 ImageLike = bytes | str | Path | np.ndarray | Image.Image
 DEFAULT_MAX_MESSAGE_MB = 64
+# A server with several workers shares one port between them and the kernel hands each connection to
+# one worker, so a client with one connection would keep one worker busy. Calls take turns over this
+# many connections (each opened on its first call: a single call opens one).
+DEFAULT_CONNECTIONS = 8
 _Request = TypeVar("_Request", pb.ClassifyRequest, pb.DetectRequest)
 
 
@@ -120,11 +125,18 @@ class VisionClient:
         timeout: float | None = 30.0,
         max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
         security: ChannelSecurity | None = None,
+        connections: int = DEFAULT_CONNECTIONS,
     ) -> None:
         self.security = security or ChannelSecurity()
-        self.channel = self.security.channel(target, _channel_options(max_message_mb))
-        self.stub = vision_pb2_grpc.VisionServiceStub(self.channel)
+        options = _channel_options(max_message_mb)
+        self.channels = [self.security.channel(target, options) for _ in range(max(1, connections))]
+        self._stubs = itertools.cycle([vision_pb2_grpc.VisionServiceStub(c) for c in self.channels])
         self.timeout = timeout
+
+    @property
+    def stub(self) -> vision_pb2_grpc.VisionServiceStub:
+        """The next connection's stub: calls take turns over the connections."""
+        return next(self._stubs)
 
     def classify(self, images: Sequence[ImageLike], model: str, **options) -> pb.ClassifyResponse:
         return self.stub.Classify(
@@ -164,7 +176,8 @@ class VisionClient:
         )
 
     def close(self) -> None:
-        self.channel.close()
+        for channel in self.channels:
+            channel.close()
 
     def __enter__(self) -> "VisionClient":
         return self
@@ -180,11 +193,18 @@ class AsyncVisionClient:
         timeout: float | None = 30.0,
         max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
         security: ChannelSecurity | None = None,
+        connections: int = DEFAULT_CONNECTIONS,
     ) -> None:
         self.security = security or ChannelSecurity()
-        self.channel = self.security.aio_channel(target, _channel_options(max_message_mb))
-        self.stub = vision_pb2_grpc.VisionServiceStub(self.channel)
+        options = _channel_options(max_message_mb)
+        self.channels = [self.security.aio_channel(target, options) for _ in range(max(1, connections))]
+        self._stubs = itertools.cycle([vision_pb2_grpc.VisionServiceStub(c) for c in self.channels])
         self.timeout = timeout
+
+    @property
+    def stub(self) -> vision_pb2_grpc.VisionServiceStub:
+        """The next connection's stub: calls take turns over the connections."""
+        return next(self._stubs)
 
     async def classify(self, images: Sequence[ImageLike], model: str, **options) -> pb.ClassifyResponse:
         return await self.stub.Classify(
@@ -217,7 +237,8 @@ class AsyncVisionClient:
         )
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()
 
     async def __aenter__(self) -> "AsyncVisionClient":
         return self

@@ -19,6 +19,11 @@ def serve(argv: list[str]) -> int:
         print(f"attnserve serve: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from attnserve.service.server import serve as run_server  # the server's imports, only when serving
+    from attnserve.service import supervisor  # the server's imports, only when serving
 
-    return asyncio.run(run_server(settings))
+    workers = supervisor.worker_count(settings)
+    if workers > 1:
+        return supervisor.supervise(settings, workers)
+    from attnserve.service.server import serve as run_server
+
+    return asyncio.run(run_server(supervisor.worker_settings(settings, 1)))

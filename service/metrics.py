@@ -1,7 +1,11 @@
 """Prometheus metrics, on their own HTTP port. Histograms (not summaries) so latency aggregates across
-replicas; buckets fit millisecond-scale inference."""
+replicas; buckets fit millisecond-scale inference.
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+With several worker processes (service/supervisor.py) prometheus-client's multiprocess mode keeps each
+worker's values in files the supervisor's scrape sums: every gauge says how (``multiprocess_mode``:
+in-flight counts add up, a model is ready only if it is in every worker)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 from attnserve.service import metrics_http
 from attnserve.service.metrics_http import MetricsServer
@@ -42,33 +46,45 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "attnserve_queue_depth", "Images waiting for inference.", ["model", "version"], registry=r
+            "attnserve_queue_depth",
+            "Images waiting for inference.",
+            ["model", "version"],
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.queue_capacity = Gauge(
             "attnserve_queue_capacity",
             "Images that may wait for inference before requests are refused.",
             ["model", "version"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.model_ready = Gauge(
             "attnserve_model_ready",
             "1 for a model version serving, 0 for one that failed to load.",
             ["model", "version"],
+            multiprocess_mode="livemin",
             registry=r,
         )
         self.in_flight = Gauge(
-            "attnserve_in_flight_requests", "Requests being handled now.", ["method"], registry=r
+            "attnserve_in_flight_requests",
+            "Requests being handled now.",
+            ["method"],
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.in_flight_images = Gauge(
             "attnserve_in_flight_images",
             "Images admitted to the data plane and not answered yet: decoding or waiting to, queued, in "
             "inference or being encoded (max_in_flight_images).",
             ["model", "version"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.in_flight_bytes = Gauge(
             "attnserve_in_flight_bytes",
             "Request image bytes (encoded, raw or tensor) held by admitted requests (max_in_flight_mb).",
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.shed = Counter(
@@ -81,6 +97,7 @@ class Metrics:
             "attnserve_model_load_duration_seconds",
             "Time to load and warm up a model version.",
             ["model", "version"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.auth_refused = Counter(
@@ -93,6 +110,7 @@ class Metrics:
             "attnserve_model_info",
             "Each model version served (value 1), with its provider and precision.",
             ["model", "version", "task", "provider", "precision"],
+            multiprocess_mode="livemax",
             registry=r,
         )
 
@@ -100,4 +118,27 @@ class Metrics:
         self, host: str, port: int, cert: str = "", key: str = "", client_ca: str = ""
     ) -> MetricsServer:
         """Start the /metrics HTTP server (service/metrics_http.py); ``.server_port`` is its port."""
+        return metrics_http.start(self.registry, host, port, cert, key, client_ca)
+
+
+class SupervisorMetrics:
+    """The supervisor's own metrics (written to the multiprocess files like the workers'), and the
+    registry its /metrics serves: every process's values, combined."""
+
+    def __init__(self, directory: str) -> None:
+        r = CollectorRegistry()  # values live in the files; this registry is never served
+        self.workers = Gauge(
+            "attnserve_workers", "Worker processes running.", multiprocess_mode="livesum", registry=r
+        )
+        self.restarts = Counter(
+            "attnserve_worker_restarts",
+            "Worker processes that exited unexpectedly and were started again.",
+            registry=r,
+        )
+        self.registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(self.registry, path=directory)
+
+    def serve(
+        self, host: str, port: int, cert: str = "", key: str = "", client_ca: str = ""
+    ) -> MetricsServer:
         return metrics_http.start(self.registry, host, port, cert, key, client_ca)

@@ -9,37 +9,48 @@ the calls the server has, gRPC's backlog included, get ``grace_period_s`` to fin
 in its last fifth) before the port closes and the process exits 0.
 
 Around the APIs: TLS (service/tls.py), token authentication (service/auth.py), a plaintext health-only
-port for probes, and /metrics (service/metrics_http.py).
+port for probes (service/health.py), and /metrics (service/metrics_http.py).
+
+With ``link`` the process is one of several workers sharing the port (service/supervisor.py): the
+supervisor then serves /metrics and the probe port for all of them, and tells each worker what health
+says for the whole server.
 """
 
 import asyncio
 import gc
 import logging
 import signal
-from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from attnserve.api.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
-from attnserve.api.v1 import vision_pb2, vision_pb2_grpc
+from attnserve.api.inference.v2 import grpc_predict_v2_pb2_grpc
+from attnserve.api.v1 import vision_pb2_grpc
 from attnserve.service import auth, tls
 from attnserve.service.dataplane import DataPlane
 from attnserve.service.grpc.inference_v2 import InferenceServicer
 from attnserve.service.grpc.vision import VisionServicer
+from attnserve.service.health import (
+    HEALTH_SERVICE,
+    INFERENCE_SERVICE,
+    NOT_SERVING,
+    SERVER_SERVICES,
+    VISION_SERVICE,
+    ProbePort,
+    services_of,
+    status,
+)
 from attnserve.service.metrics import Metrics
+from attnserve.service.metrics_http import MetricsServer
 from attnserve.service.readiness import Readiness
 from attnserve.service.registry import ModelRegistry, ServedModel, load_repository
 from attnserve.service.settings import Settings
+from attnserve.service.worker_link import WorkerLink
 
 log = logging.getLogger("attnserve")
-VISION_SERVICE = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
-INFERENCE_SERVICE = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-SERVING = health_pb2.HealthCheckResponse.SERVING
 # no call in flight for this long after SIGTERM: gRPC holds no call it has not handed over
 DRAIN_IDLE_S = 0.2
 
@@ -70,7 +81,7 @@ async def _until_idle(readiness: Readiness, deadline: float) -> None:
         await asyncio.sleep(0.01)
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, link: WorkerLink | None = None) -> int:
     if not Path(settings.repository).is_dir():
         log.error(
             "model repository %s does not exist; export models into it with attnserve export",
@@ -106,59 +117,63 @@ async def serve(settings: Settings) -> int:
             [
                 VISION_SERVICE,
                 INFERENCE_SERVICE,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                HEALTH_SERVICE,
                 reflection.SERVICE_NAME,
             ],
             server,
         )
-    for name in ("", VISION_SERVICE, INFERENCE_SERVICE):
+    for name in SERVER_SERVICES:
         await health_servicer.set(name, NOT_SERVING)
     address = f"{settings.host}:{settings.port}"
     if certificates is not None:
         port = server.add_secure_port(address, certificates.credentials())
     else:
         port = server.add_insecure_port(address)
-    # Kubernetes' gRPC probes speak neither TLS nor tokens: health alone, in plaintext, on its own port,
-    # served by threads of its own, so that a probe never waits in the event loop's queue (measured
-    # under overload from the load generator's process, it did no better: docs/service.md)
-    probes, probe_health = None, health.HealthServicer()
-    for name in ("", VISION_SERVICE, INFERENCE_SERVICE):
-        probe_health.set(name, NOT_SERVING)
-    if settings.health_port >= 0:
-        probes = grpc.server(ThreadPoolExecutor(2, thread_name_prefix="probes"))
-        health_pb2_grpc.add_HealthServicer_to_server(probe_health, probes)
-        health_port = probes.add_insecure_port(f"{settings.host}:{settings.health_port}")
-        probes.start()
-        log.info("health alone, in plaintext, on %s:%d", settings.host, health_port)
-    metrics_tls = (
-        (settings.tls_cert, settings.tls_key, settings.tls_client_ca) if settings.metrics_tls else ()
+    # a supervisor serves the probe port and /metrics for its workers
+    probes = (
+        ProbePort(settings.host, settings.health_port) if settings.health_port >= 0 and not link else None
     )
-    metrics_server = metrics.serve(settings.metrics_host, settings.metrics_port, *metrics_tls)
+    if probes is not None:
+        log.info("health alone, in plaintext, on %s:%d", settings.host, probes.port)
+    metrics_server = None
+    if link is None:
+        metrics_tls = (
+            (settings.tls_cert, settings.tls_key, settings.tls_client_ca) if settings.metrics_tls else ()
+        )
+        metrics_server = metrics.serve(settings.metrics_host, settings.metrics_port, *metrics_tls)
     await server.start()
-    log.info(
-        "gRPC%s on %s:%d, metrics on http%s://%s:%d/metrics; loading models from %s",
-        " (TLS)" if certificates else "",
-        settings.host,
-        port,
-        "s" if settings.metrics_tls else "",
-        settings.metrics_host,
-        metrics_server.server_port,
-        settings.repository,
-    )
+    if metrics_server is not None:
+        log.info(
+            "gRPC%s on %s:%d, metrics on http%s://%s:%d/metrics; loading models from %s",
+            " (TLS)" if certificates else "",
+            settings.host,
+            port,
+            "s" if settings.metrics_tls else "",
+            settings.metrics_host,
+            metrics_server.server_port,
+            settings.repository,
+        )
+    else:
+        log.info("serving on the shared port %d; loading models from %s", port, settings.repository)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    def to_health(name: str, ready: bool) -> None:  # called on the loop or the loading thread
-        for service in (name,) if name else ("", VISION_SERVICE, INFERENCE_SERVICE):
-            status = SERVING if ready else NOT_SERVING
-            asyncio.run_coroutine_threadsafe(health_servicer.set(service, status), loop)
-            probe_health.set(service, status)
+    def to_health(name: str, ready: bool) -> None:  # called on the loop, the loading or the link's thread
+        for service in services_of(name):
+            asyncio.run_coroutine_threadsafe(health_servicer.set(service, status(ready)), loop)
+        if probes is not None:
+            probes.set(name, ready)
 
     readiness = dataplane.readiness
-    readiness.watch(to_health)
+    if link is None:
+        readiness.watch(to_health)
+    else:  # health says what the supervisor says for all workers; it hears this one's readiness
+        readiness.watch(lambda name, ready: link.send("ready", name, ready))
+        link.listen(to_health, lambda: loop.call_soon_threadsafe(stop.set))
+        link.send("listening")
 
     def loaded(served: ServedModel) -> None:
         m = served.manifest
@@ -172,10 +187,7 @@ async def serve(settings: Settings) -> int:
     if loading.done() and loading.exception() is not None:
         log.error("could not load the model repository: %s", loading.exception())
         await server.stop(0)
-        if probes is not None:
-            probes.stop(0)
-        metrics_server.shutdown()
-        metrics_server.server_close()
+        _close(probes, metrics_server)
         return 1
     if loading.done() and not stop.is_set():
         for key in registry.failed:  # NAME/VERSION that did not load: alerting sees a 0
@@ -190,7 +202,8 @@ async def serve(settings: Settings) -> int:
 
     readiness.drain()
     await health_servicer.enter_graceful_shutdown()
-    probe_health.enter_graceful_shutdown()
+    if probes is not None:
+        probes.servicer.enter_graceful_shutdown()
     if settings.shutdown_delay_s:
         log.info(
             "shutting down: NOT_SERVING; serving %.1f s more so clients move away", settings.shutdown_delay_s
@@ -211,12 +224,17 @@ async def serve(settings: Settings) -> int:
             "%d calls still in flight after %.1f s; cancelling them", readiness.calls_in_flight, grace
         )
     await server.stop(max(0.0, drained_at - loop.time()))
-    if probes is not None:
-        probes.stop(0)
     for served in registry.all():
         await served.batcher.close()
     dataplane.close()
-    metrics_server.shutdown()
-    metrics_server.server_close()
+    _close(probes, metrics_server)
     log.info("stopped")
     return 0
+
+
+def _close(probes: ProbePort | None, metrics_server: MetricsServer | None) -> None:
+    if probes is not None:
+        probes.stop()
+    if metrics_server is not None:
+        metrics_server.shutdown()
+        metrics_server.server_close()

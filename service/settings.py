@@ -28,6 +28,14 @@ class Settings:
         default=0, metadata={"help": "ONNX Runtime threads per inference; 0: cores"}
     )
     inter_op_threads: int = field(default=1, metadata={"help": "ONNX Runtime inter-op threads"})
+    workers: int = field(
+        default=0,
+        metadata={
+            "help": "server processes sharing the port, each with its own models, batcher and ONNX Runtime "
+            "threads (intra_op_threads 0: cores / workers), so request handling runs on every core; 0: one "
+            "per usable core, at most 8, or 1 for CUDA"
+        },
+    )
     decode_threads: int = field(
         default=2, metadata={"help": "threads decoding, fitting and encoding images, per model version"}
     )
@@ -165,6 +173,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be 0 (chosen from the cores) or more, not {self.workers}")
         if min(self.max_queue_delay_ms, self.grace_period_s, self.shutdown_delay_s) < 0:
             raise ValueError("max_queue_delay_ms, shutdown_delay_s and grace_period_s cannot be negative")
         if min(self.max_connection_idle_s, self.max_connection_age_s) < 0:

@@ -103,12 +103,13 @@ def test_deployment_probes_security_and_drain_fit_the_server(tmp_path):
             and not sc["allowPrivilegeEscalation"]
             and sc["capabilities"]["drop"] == ["ALL"]
         )
-    threads = {
+    from_limits = {
         e["name"]: e["valueFrom"]["resourceFieldRef"]["resource"]
         for e in container["env"]
         if "valueFrom" in e
     }
-    assert threads["ATTNSERVE_INTRA_OP_THREADS"] == "limits.cpu"
+    # one worker per CPU of the limit; each worker's ONNX Runtime threads then follow (cores / workers)
+    assert from_limits == {"ATTNSERVE_WORKERS": "limits.cpu"}
     config_map = next(o for o in objects if o["kind"] == "ConfigMap")
     settings = tomllib.loads(config_map["data"]["attnserve.toml"])
     (tmp_path / "attnserve.toml").write_text(config_map["data"]["attnserve.toml"])
@@ -133,6 +134,8 @@ def test_gpu_overlay_asks_for_a_gpu_node():
     container = next(c for c in pod["containers"] if c["name"] == "attnserve")
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert {"name": "ATTNSERVE_PROVIDER", "value": "cuda"} in container["env"]
+    # one worker on a GPU, replacing the base's count from the CPU limit (not beside it: invalid)
+    assert {"name": "ATTNSERVE_WORKERS", "value": "1"} in container["env"]
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu" and pod["nodeSelector"]
     assert container["image"].endswith("-gpu")
 

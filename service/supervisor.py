@@ -1,0 +1,291 @@
+"""``attnserve serve`` with several workers: N server processes sharing one port, so the Python work of
+each request (protobuf, asyncio, decoding) runs on every core instead of under one interpreter's lock.
+
+The supervisor holds the port (bound with SO_REUSEPORT, never listening, so the kernel hands connections
+only to workers, and a restarted worker binds the same port even when it was 0), starts each worker with
+``spawn`` (a fresh interpreter: nothing of ONNX Runtime or gRPC is inherited across fork), and:
+
+- serves /metrics for all of them: prometheus-client's multiprocess mode, its directory
+  (``$PROMETHEUS_MULTIPROC_DIR``, or a temporary one) emptied at start, a dead worker's live gauges
+  dropped (``mark_process_dead``);
+- serves the plaintext probe port, and tells every worker what health says for the whole server: a
+  name is SERVING only while it is in every worker;
+- forwards SIGTERM (and SIGINT) to every worker, each draining as a single server does, and exits 0 once
+  all have stopped cleanly;
+- starts again a worker that exits after it was ready (logged, counted in
+  ``attnserve_worker_restarts_total``); one that exits before it was ever ready stops the server with
+  its status, as a single process would, rather than restarting a broken configuration forever.
+
+The kernel balances connections, not calls: a client with one connection reaches one worker. Clients
+should open several (our clients do: ``connections``), or spread calls with client-side round-robin.
+"""
+
+import contextlib
+import dataclasses
+import importlib.util
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import socket
+import tempfile
+import time
+from importlib.metadata import PackageNotFoundError, distribution
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+from attnserve.cpu import usable_cores
+from attnserve.service.settings import Settings
+from attnserve.service.worker_link import run_worker
+
+log = logging.getLogger("attnserve")
+MAX_AUTO_WORKERS = 8  # each worker holds every model: past this, memory grows faster than throughput
+STOP_MARGIN_S = 5.0  # beyond a worker's own shutdown_delay_s + grace_period_s, before it is killed
+TICK_S = 0.2  # how often the supervisor's loop looks at its signal flag
+
+
+def worker_count(settings: Settings) -> int:
+    """``settings.workers``, or when 0: one per usable core (at most 8); 1 where inference runs on a GPU,
+    where each worker would hold its own CUDA context and copy of every model."""
+    if settings.workers:
+        return settings.workers
+    gpu = settings.provider == "cuda" or (settings.provider == "auto" and _has_gpu_build())
+    return 1 if gpu else min(usable_cores(), MAX_AUTO_WORKERS)
+
+
+def _has_gpu_build() -> bool:
+    """Whether ONNX Runtime's CUDA build is installed (the gpu extra), without importing it here."""
+    try:
+        distribution("onnxruntime-gpu")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+def worker_settings(settings: Settings, workers: int) -> Settings:
+    """One worker's settings: the cores split between workers (intra_op_threads 0), and the server-wide
+    byte budget too, since it bounds the pod's memory (per-model limits stay each worker's own)."""
+    threads = settings.intra_op_threads or max(1, usable_cores() // workers)
+    return dataclasses.replace(
+        settings,
+        workers=1,
+        intra_op_threads=threads,
+        max_in_flight_mb=max(1, math.ceil(settings.max_in_flight_mb / workers)),
+    )
+
+
+@dataclasses.dataclass
+class Worker:
+    index: int
+    process: multiprocessing.Process
+    connection: Connection
+    listening: bool = False
+    ever_ready: bool = False
+    ready: dict[str, bool] = dataclasses.field(default_factory=dict)  # name ("" the worker) → ready
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, count: int, metrics_dir: str) -> None:
+        from attnserve.service.health import ProbePort  # gRPC, once the metrics directory is set
+        from attnserve.service.metrics import SupervisorMetrics
+
+        self.settings, self.count = settings, count
+        self.metrics_dir = metrics_dir
+        self.metrics = SupervisorMetrics(metrics_dir)
+        self._context = multiprocessing.get_context("spawn")
+        self._reserved = _reserve_port(settings.host, settings.port)
+        self.port = self._reserved.getsockname()[1]
+        self._worker_settings = dataclasses.replace(
+            worker_settings(settings, count), port=self.port, health_port=-1
+        )
+        self.probes = ProbePort(settings.host, settings.health_port) if settings.health_port >= 0 else None
+        self.health: dict[str, bool] = {}  # the whole server's, as told to the workers
+        self._logged_ready = False
+        self.workers: list[Worker] = []
+        self.stopping = False
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: setattr(self, "stopping", True))
+        metrics_tls = (
+            (self.settings.tls_cert, self.settings.tls_key, self.settings.tls_client_ca)
+            if self.settings.metrics_tls
+            else ()
+        )
+        metrics_server = self.metrics.serve(
+            self.settings.metrics_host, self.settings.metrics_port, *metrics_tls
+        )
+        if self.probes is not None:
+            log.info("health alone, in plaintext, on %s:%d", self.settings.host, self.probes.port)
+        self.workers = [self._start(i) for i in range(self.count)]
+        announced = False
+        status = 0
+        try:
+            while not self.stopping:
+                if not announced and all(w.listening for w in self.workers):
+                    announced = True
+                    log.info(
+                        "gRPC%s on %s:%d, metrics on http%s://%s:%d/metrics; %d workers loading models "
+                        "from %s",
+                        " (TLS)" if self.settings.tls_cert else "",
+                        self.settings.host,
+                        self.port,
+                        "s" if self.settings.metrics_tls else "",
+                        self.settings.metrics_host,
+                        metrics_server.server_port,
+                        self.count,
+                        self.settings.repository,
+                    )
+                failed = self._tick()
+                if failed is not None:
+                    status = failed
+                    break
+            stopped = self._stop_all()
+            status = status or stopped  # the first failure's status, else the drain's
+        finally:
+            if self.probes is not None:
+                self.probes.stop()
+            metrics_server.shutdown()
+            metrics_server.server_close()
+            self._reserved.close()
+        log.info("stopped")
+        return status
+
+    def _start(self, index: int) -> Worker:
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=run_worker,
+            args=(self._worker_settings, index, theirs),
+            name=f"attnserve-worker-{index}",
+            daemon=False,
+        )
+        process.start()
+        theirs.close()
+        self.metrics.workers.inc()
+        log.info("worker %d started (pid %d)", index, process.pid)
+        return Worker(index, process, ours)
+
+    def _tick(self) -> int | None:
+        """Handle what the workers said and which exited; a status when the server must stop."""
+        by_channel = {w.connection: w for w in self.workers}
+        by_sentinel = {w.process.sentinel: w for w in self.workers}
+        for ready in wait([*by_channel, *by_sentinel], timeout=TICK_S):
+            if ready in by_channel:
+                worker = by_channel[ready]
+                try:
+                    message = ready.recv()
+                except (EOFError, OSError):  # exited; its sentinel says so next
+                    continue
+                self._heard(worker, message)
+        for worker in list(self.workers):
+            if worker.process.exitcode is None:
+                continue
+            code = worker.process.exitcode
+            self._forget(worker)
+            if not worker.ever_ready:
+                log.error("worker %d exited with %s before it was ready; stopping", worker.index, code)
+                return code or 1
+            log.error(
+                "worker %d (pid %d) exited with %s; starting it again", worker.index, worker.process.pid, code
+            )
+            self.metrics.restarts.inc()
+            self.workers.append(self._start(worker.index))
+            self._update_health()
+        return None
+
+    def _heard(self, worker: Worker, message: tuple) -> None:
+        if message[0] == "listening":
+            worker.listening = True
+        elif message[0] == "ready":
+            _, name, ready = message
+            worker.ready[name] = ready
+            if name == "" and ready:
+                worker.ever_ready = True
+            self._update_health()
+
+    def _update_health(self) -> None:
+        """Each name is ready while every one of ``count`` workers says so; changes go to every worker
+        and the probe port."""
+        names = {name for w in self.workers for name in w.ready} | set(self.health)
+        for name in sorted(names):
+            ready = len(self.workers) == self.count and all(w.ready.get(name, False) for w in self.workers)
+            if self.health.get(name) == ready:
+                continue
+            self.health[name] = ready
+            for worker in self.workers:
+                with contextlib.suppress(OSError):  # exiting; its sentinel says so
+                    worker.connection.send(("health", name, ready))
+            if self.probes is not None:
+                self.probes.set(name, ready)
+        if self.health.get("") and not self._logged_ready:
+            self._logged_ready = True
+            log.info("ready: %d workers", self.count)
+
+    def _forget(self, worker: Worker) -> None:
+        from prometheus_client import multiprocess
+
+        self.workers.remove(worker)
+        worker.connection.close()
+        multiprocess.mark_process_dead(worker.process.pid, self.metrics_dir)
+        self.metrics.workers.dec()
+
+    def _stop_all(self) -> int:
+        """SIGTERM to every worker; each drains as a single server does. 0 when all exit 0."""
+        if self.probes is not None:
+            self.probes.servicer.enter_graceful_shutdown()
+        for worker in self.workers:
+            if worker.process.exitcode is None:
+                os.kill(worker.process.pid, signal.SIGTERM)
+        log.info("shutting down: %d workers draining", len(self.workers))
+        deadline = (
+            time.monotonic() + self.settings.shutdown_delay_s + self.settings.grace_period_s + STOP_MARGIN_S
+        )
+        status = 0
+        for worker in list(self.workers):
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.exitcode is None:
+                log.error("worker %d did not stop in time; killing it", worker.index)
+                worker.process.kill()
+                worker.process.join()
+            status = status or (worker.process.exitcode != 0)
+            self._forget(worker)
+        return int(status)
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to the port the workers share, never listening: it holds the port (and picks it,
+    for port 0) while workers come and go."""
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    reserved = socket.socket(family, socket.SOCK_STREAM)
+    reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reserved.bind(address)
+    return reserved
+
+
+def supervise(settings: Settings, count: int) -> int:
+    """Run ``count`` workers until SIGTERM; the process's exit status."""
+    if importlib.util.find_spec("onnxruntime") is None:  # only workers import it: say so here, once
+        raise ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    owned = directory is None
+    if owned:
+        directory = tempfile.mkdtemp(prefix="attnserve-metrics-")
+        # before prometheus-client is imported, here or in a worker: it picks its storage on import
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    for stale in Path(directory).glob("*.db"):  # an earlier run's values would be summed in
+        stale.unlink()
+    try:
+        try:
+            supervisor = Supervisor(settings, count, directory)
+        except OSError as exc:  # the port is taken (by a process that did not set SO_REUSEPORT)
+            log.error("cannot bind %s:%d: %s", settings.host, settings.port, exc)
+            return 2
+        return supervisor.run()
+    finally:
+        if owned:
+            for file in Path(directory).glob("*.db"):
+                file.unlink()
+            Path(directory).rmdir()
