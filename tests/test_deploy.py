@@ -218,6 +218,9 @@ def exported_names(server) -> set[str]:
 def test_dashboard_and_rules_use_only_metrics_the_server_exports(server):
     exported = exported_names(server)
     assert {"attnserve_requests_total", "attnserve_stage_duration_seconds_bucket"} <= exported
+    # a supervisor's own, with several workers (this server is one process): tests/test_workers.py
+    # reads both from a real supervisor's /metrics
+    exported |= {"attnserve_workers", "attnserve_worker_restarts_total"}
     rules = yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())
     recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
     rule_exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
