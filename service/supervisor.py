@@ -169,8 +169,7 @@ class Supervisor:
     def _tick(self) -> int | None:
         """Handle what the workers said and which exited; a status when the server must stop."""
         by_channel = {w.connection: w for w in self.workers}
-        by_sentinel = {w.process.sentinel: w for w in self.workers}
-        for ready in wait([*by_channel, *by_sentinel], timeout=TICK_S):
+        for ready in wait([*by_channel, *(w.process.sentinel for w in self.workers)], timeout=TICK_S):
             if ready in by_channel:
                 worker = by_channel[ready]
                 try:
