@@ -45,6 +45,10 @@ class ServerProcess:
         """CPU time (user + system) of the server and of its live worker processes so far."""
         return sum(_cpu_seconds(pid) for pid in _tree(self.process.pid))
 
+    def rss_mb(self) -> dict[int, float]:
+        """Resident memory of the server and of each of its live worker processes, MiB, by pid."""
+        return {pid: rss for pid in _tree(self.process.pid) if (rss := _rss_mb(pid)) is not None}
+
     def stop(self, timeout: float = 30) -> int:
         if self.process.poll() is None:
             self.process.terminate()
@@ -120,3 +124,13 @@ def _cpu_seconds(pid: int) -> float:
     except OSError:  # exited since it was listed
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return next(
+        (int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), None
+    )

@@ -5,7 +5,8 @@ it can serve, whether its memory grows under a steady load, and how calls in fli
     python -m bench.soak --soak-seconds 300     # the 5-minute soak
 
 Phases, each against a fresh server on loopback with the demo classifier (cbam_classifier) and
-default settings, callers spread over 8 channels:
+default settings (``--workers``: that many worker processes; 1 unless given), callers spread over 8
+clients:
 - capacity: 16 callers of 1080p JPEGs; the accepted rate the others are compared with; and the same
   over TLS (capacity_tls), for what TLS costs;
 - overload: 1024 callers of 1080p JPEGs (far over capacity): accepted rate, share refused with
@@ -23,6 +24,7 @@ each from a process of its own (bench/probe.py).
 import argparse
 import asyncio
 import collections
+import functools
 import json
 import random
 import signal
@@ -50,13 +52,6 @@ RETRY_LATER = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 BACKOFF_S = (0.1, 0.5)
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 class HealthProbe:
     """bench/probe.py on one port, in a process of its own, until ``summary``."""
 
@@ -75,15 +70,15 @@ async def callers(
     server: ServerProcess, images: list[bytes], count: int, seconds: float, on_start: float | None = None
 ) -> dict:
     """``count`` callers, each calling back to back for ``seconds``; outcomes by status code, latencies
-    of the answered calls, RSS sampled every 0.25 s. ``on_start``: send SIGTERM this long after starting
-    and let every caller make one call only."""
+    of the answered calls, RSS (the server's processes together) sampled every 0.25 s. ``on_start``:
+    send SIGTERM this long after starting and let every caller make one call only."""
     clients = [
         AsyncVisionClient(server.target, timeout=120, security=server.security) for _ in range(CHANNELS)
     ]
     codes: collections.Counter[str] = collections.Counter()
     latencies: list[float] = []
     refusals: list[float] = []  # seconds to a RESOURCE_EXHAUSTED answer
-    rss = [rss_mb(server.process.pid)]
+    rss = [sum(server.rss_mb().values())]
     end = time.monotonic() + seconds
 
     async def caller(i: int) -> None:
@@ -107,7 +102,7 @@ async def callers(
         while True:
             await asyncio.sleep(0.25)
             if server.process.poll() is None:
-                rss.append(rss_mb(server.process.pid))
+                rss.append(sum(server.rss_mb().values()))
 
     sampler = asyncio.create_task(sample())
     started = time.monotonic()
@@ -118,6 +113,7 @@ async def callers(
     await asyncio.gather(*tasks)
     elapsed = time.monotonic() - started
     sampler.cancel()
+    by_process = sorted(server.rss_mb().values(), reverse=True) if server.process.poll() is None else []
     for client in clients:
         await client.close()
     total = sum(codes.values())
@@ -133,6 +129,7 @@ async def callers(
         "refused_p50_ms": round(float(np.percentile(refusals, 50)) * 1e3, 1) if refusals else None,
         "refused_p99_ms": round(float(np.percentile(refusals, 99)) * 1e3, 1) if refusals else None,
         "rss_mb": {"start": round(rss[0]), "peak": round(max(rss)), "end": round(rss[-1])},
+        "rss_mb_by_process_at_end": [round(r) for r in by_process],
         "rss_samples": [round(r) for r in rss],
     }
 
@@ -147,11 +144,19 @@ def phase(
     sigterm_after: float | None = None,
     server_args: tuple[str, ...] = (),
     security: ChannelSecurity | None = None,
+    workers: int = 1,
 ) -> dict:
     """One phase on a fresh server, health probed on the gRPC port and on the health-only port."""
     health_port = free_port()
     server = start_server(
-        repository, work / f"{name}.log", "--health-port", str(health_port), *server_args, security=security
+        repository,
+        work / f"{name}.log",
+        "--health-port",
+        str(health_port),
+        "--workers",
+        str(workers),
+        *server_args,
+        security=security,
     )
     probes = {
         "grpc_port": HealthProbe(server.target, server.security.ca),
@@ -171,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.splitlines()[0])
     parser.add_argument("--overload-seconds", type=float, default=20.0)
     parser.add_argument("--soak-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="server worker processes (the RSS figures sum them)"
+    )
     parser.add_argument("--work", type=Path, default=Path(".bench"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/soak.json"))
     args = parser.parse_args(argv)
@@ -183,13 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     pki.mkdir(parents=True, exist_ok=True)
     make_ca(pki, "ca")
     issue(pki, "server", "ca", "serverAuth")
+    run = functools.partial(phase, repository, args.work, workers=args.workers)
     results = {
         "machine": machine(),
         "versions": versions(),
-        "capacity": phase(repository, args.work, "capacity", photos, 16, 10.0),
-        "capacity_tls": phase(
-            repository,
-            args.work,
+        "workers": args.workers,
+        "capacity": run("capacity", photos, 16, 10.0),
+        "capacity_tls": run(
             "capacity_tls",
             photos,
             16,
@@ -197,12 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             server_args=("--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")),
             security=ChannelSecurity(ca=pki / "ca.pem"),
         ),
-        "overload": phase(repository, args.work, "overload", photos, 1024, args.overload_seconds),
-        "soak": phase(repository, args.work, "soak", small, 16, args.soak_seconds),
+        "overload": run("overload", photos, 1024, args.overload_seconds),
+        "soak": run("soak", small, 16, args.soak_seconds),
         # admission limits raised: every call reaches the server, so that the drain alone decides
-        "drain": phase(
-            repository,
-            args.work,
+        "drain": run(
             "drain",
             small,
             768,

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 
 from attnserve.service import metrics_http
 from attnserve.service.metrics_http import MetricsServer
+from attnserve.service.settings import Settings
 
 # seconds: 0.25 ms to 10 s
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -114,11 +115,8 @@ class Metrics:
             registry=r,
         )
 
-    def serve(
-        self, host: str, port: int, cert: str = "", key: str = "", client_ca: str = ""
-    ) -> MetricsServer:
-        """Start the /metrics HTTP server (service/metrics_http.py); ``.server_port`` is its port."""
-        return metrics_http.start(self.registry, host, port, cert, key, client_ca)
+    def serve(self, settings: Settings) -> MetricsServer:
+        return serve(self.registry, settings)
 
 
 class SupervisorMetrics:
@@ -138,7 +136,12 @@ class SupervisorMetrics:
         self.registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(self.registry, path=directory)
 
-    def serve(
-        self, host: str, port: int, cert: str = "", key: str = "", client_ca: str = ""
-    ) -> MetricsServer:
-        return metrics_http.start(self.registry, host, port, cert, key, client_ca)
+    def serve(self, settings: Settings) -> MetricsServer:
+        return serve(self.registry, settings)
+
+
+def serve(registry: CollectorRegistry, settings: Settings) -> MetricsServer:
+    """Start the /metrics HTTP server (service/metrics_http.py) on the settings' address, over TLS
+    with ``metrics_tls``; ``.server_port`` is its port."""
+    tls = (settings.tls_cert, settings.tls_key, settings.tls_client_ca) if settings.metrics_tls else ()
+    return metrics_http.start(registry, settings.metrics_host, settings.metrics_port, *tls)

@@ -47,7 +47,7 @@ from attnserve.service.metrics import Metrics
 from attnserve.service.metrics_http import MetricsServer
 from attnserve.service.readiness import Readiness
 from attnserve.service.registry import ModelRegistry, ServedModel, load_repository
-from attnserve.service.settings import Settings
+from attnserve.service.settings import Settings, listening
 from attnserve.service.worker_link import WorkerLink
 
 log = logging.getLogger("attnserve")
@@ -137,20 +137,12 @@ async def serve(settings: Settings, link: WorkerLink | None = None) -> int:
         log.info("health alone, in plaintext, on %s:%d", settings.host, probes.port)
     metrics_server = None
     if link is None:
-        metrics_tls = (
-            (settings.tls_cert, settings.tls_key, settings.tls_client_ca) if settings.metrics_tls else ()
-        )
-        metrics_server = metrics.serve(settings.metrics_host, settings.metrics_port, *metrics_tls)
+        metrics_server = metrics.serve(settings)
     await server.start()
     if metrics_server is not None:
         log.info(
-            "gRPC%s on %s:%d, metrics on http%s://%s:%d/metrics; loading models from %s",
-            " (TLS)" if certificates else "",
-            settings.host,
-            port,
-            "s" if settings.metrics_tls else "",
-            settings.metrics_host,
-            metrics_server.server_port,
+            "%s; loading models from %s",
+            listening(settings, port, metrics_server.server_port),
             settings.repository,
         )
     else:

@@ -263,6 +263,16 @@ class ModelSettings:
         return self
 
 
+def listening(settings: Settings, port: int, metrics_port: int) -> str:
+    """What the server logs once its ports are open (bench/harness.py waits for it), from one process
+    or from the supervisor of several."""
+    tls, metrics_tls = " (TLS)" if settings.tls_cert else "", "s" if settings.metrics_tls else ""
+    return (
+        f"gRPC{tls} on {settings.host}:{port}, "
+        f"metrics on http{metrics_tls}://{settings.metrics_host}:{metrics_port}/metrics"
+    )
+
+
 def _check_threshold(name: str, value: float) -> None:
     if not (math.isfinite(value) and 0 <= value <= 1):
         raise ValueError(f"{name} must be in [0, 1], not {value}")

@@ -36,7 +36,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 from attnserve.cpu import usable_cores
-from attnserve.service.settings import Settings
+from attnserve.service.settings import Settings, listening
 from attnserve.service.worker_link import run_worker
 
 log = logging.getLogger("attnserve")
@@ -108,14 +108,7 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: setattr(self, "stopping", True))
-        metrics_tls = (
-            (self.settings.tls_cert, self.settings.tls_key, self.settings.tls_client_ca)
-            if self.settings.metrics_tls
-            else ()
-        )
-        metrics_server = self.metrics.serve(
-            self.settings.metrics_host, self.settings.metrics_port, *metrics_tls
-        )
+        metrics_server = self.metrics.serve(self.settings)
         if self.probes is not None:
             log.info("health alone, in plaintext, on %s:%d", self.settings.host, self.probes.port)
         self.workers = [self._start(i) for i in range(self.count)]
@@ -126,14 +119,8 @@ class Supervisor:
                 if not announced and all(w.listening for w in self.workers):
                     announced = True
                     log.info(
-                        "gRPC%s on %s:%d, metrics on http%s://%s:%d/metrics; %d workers loading models "
-                        "from %s",
-                        " (TLS)" if self.settings.tls_cert else "",
-                        self.settings.host,
-                        self.port,
-                        "s" if self.settings.metrics_tls else "",
-                        self.settings.metrics_host,
-                        metrics_server.server_port,
+                        "%s; %d workers loading models from %s",
+                        listening(self.settings, self.port, metrics_server.server_port),
                         self.count,
                         self.settings.repository,
                     )
