@@ -9,7 +9,6 @@ import io
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import tritonclient.grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
+from prometheus_server import scraping, wait_for
 
 from attnserve.api.v1 import vision_pb2, vision_pb2_grpc
 from attnserve.client import AsyncVisionClient, VisionClient
@@ -164,8 +164,8 @@ def test_a_request_past_its_deadline_is_dropped_before_inference(demo_repository
 
 
 def test_metrics_pass_promtool_and_a_real_prometheus_answers_quantiles(server, tmp_path):
-    promtool, prometheus = shutil.which("promtool"), shutil.which("prometheus")
-    assert promtool and prometheus, "make test installs Debian's prometheus package (promtool, prometheus)"
+    promtool = shutil.which("promtool")
+    assert promtool, "make test installs Debian's prometheus package (promtool, prometheus)"
     with VisionClient(server.target) as client:
         client.classify(
             [jpeg(classification_scene(7002, 0, size=96).image)], "cbam_classifier", select=["cam"]
@@ -185,69 +185,18 @@ def test_metrics_pass_promtool_and_a_real_prometheus_answers_quantiles(server, t
     ):
         assert f"attnserve_{name}".encode() in text, name
 
-    web = _free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        json.dumps(
-            {
-                "global": {"scrape_interval": "1s"},
-                "scrape_configs": [
-                    {
-                        "job_name": "attnserve",
-                        "static_configs": [{"targets": [f"127.0.0.1:{server.metrics_port}"]}],
-                    }
-                ],
-            }
-        )
-    )
-    command = [
-        prometheus,
-        f"--config.file={config}",
-        f"--web.listen-address=127.0.0.1:{web}",
-        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        api = f"http://127.0.0.1:{web}/api/v1"
-        _wait_for(lambda: '"health":"up"' in _get(f"{api}/targets"), 30)
+    with scraping(f"127.0.0.1:{server.metrics_port}", tmp_path) as query:
         buckets = 'attnserve_stage_duration_seconds_bucket{model="cbam_classifier"}'
-        query = f"histogram_quantile(0.95, sum by (le, stage) (rate({buckets}[30s])))"
 
         def answered() -> dict:
             with VisionClient(server.target) as client:  # traffic between scrapes, so rates are not zero
                 client.classify([jpeg(classification_scene(7003, 0, size=96).image)], "cbam_classifier")
-            result = json.loads(_get(f"{api}/query?query={urllib.parse.quote(query)}"))["data"]["result"]
+            result = query(f"histogram_quantile(0.95, sum by (le, stage) (rate({buckets}[30s])))")
             return {r["metric"]["stage"]: float(r["value"][1]) for r in result if r["value"][1] != "NaN"}
 
-        stages = _wait_for(lambda: (s := answered()) and "inference" in s and s, 40)
+        stages = wait_for(lambda: (s := answered()) and "inference" in s and s, 40)
         assert set(stages) >= {"decode", "preprocess", "queue", "inference", "postprocess"}
         assert 0 < stages["inference"] < 10
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def _get(url: str) -> str:
-    try:
-        return urllib.request.urlopen(url, timeout=5).read().decode()
-    except OSError:
-        return ""
-
-
-def _wait_for(condition, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"not true within {timeout} s")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_settings_precedence_file_then_environment_then_flags(tmp_path):

@@ -6,7 +6,9 @@ servers on loopback, real processes killed with real signals."""
 import asyncio
 import io
 import os
+import shutil
 import signal
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from prometheus_client.mmap_dict import MmapedDict
+from prometheus_server import scraping
 
 from attnserve.client import AsyncVisionClient, VisionClient
 from attnserve.cpu import usable_cores
@@ -112,7 +115,7 @@ def workers(demo_repository, tmp_path):
         assert server.stop() == 0, server.log()
 
 
-def test_calls_reach_every_worker_and_metrics_sum_them(workers):
+def test_calls_reach_every_worker_and_metrics_sum_them(workers, tmp_path):
     pids = worker_pids(workers)
     assert len(pids) == 2
     with VisionClient(workers.target, connections=CONNECTIONS) as client:
@@ -127,6 +130,14 @@ def test_calls_reach_every_worker_and_metrics_sum_them(workers):
     # live gauges are combined as each says: a model is ready in every worker (min), not counted twice
     assert metric(workers, "attnserve_model_ready", 'model="cbam_classifier"') == 1
     assert metric(workers, "attnserve_in_flight_images") == 0
+    text = urllib.request.urlopen(workers.metrics_url, timeout=5).read()
+    check = subprocess.run([shutil.which("promtool"), "check", "metrics"], input=text, capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # and a real Prometheus scraping the supervisor sees one server
+    with scraping(f"127.0.0.1:{workers.metrics_port}", tmp_path) as query:
+        total = query('sum(attnserve_requests_total{model="cbam_classifier"})')
+        histogram = query('sum(attnserve_request_duration_seconds_count{model="cbam_classifier"})')
+    assert float(total[0]["value"][1]) == float(histogram[0]["value"][1]) == 3 * CONNECTIONS
 
 
 def test_a_killed_worker_is_started_again_and_health_waits_for_it(workers):
