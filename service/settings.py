@@ -33,7 +33,7 @@ class Settings:
         metadata={
             "help": "server processes sharing the port, each with its own models, batcher and ONNX Runtime "
             "threads (intra_op_threads 0: cores / workers), so request handling runs on every core; 0: one "
-            "per usable core, at most 8, or 1 for CUDA"
+            "per two usable cores, at most 8, or 1 for CUDA"
         },
     )
     decode_threads: int = field(

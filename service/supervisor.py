@@ -41,17 +41,22 @@ from attnserve.service.worker_link import run_worker
 
 log = logging.getLogger("attnserve")
 MAX_AUTO_WORKERS = 8  # each worker holds every model: past this, memory grows faster than throughput
+# Cores per worker when the count is chosen: with one, a worker's inference runs on one ONNX Runtime
+# thread, which on 2 cores cost the demo classifier 0.9-1.8 ms of batch-1 latency against one process
+# with both (and gained 1.6-1.7x on 1080p JPEGs: docs/benchmarks.md, Where the time goes)
+CORES_PER_WORKER = 2
 STOP_MARGIN_S = 5.0  # beyond a worker's own shutdown_delay_s + grace_period_s, before it is killed
 TICK_S = 0.2  # how often the supervisor's loop looks at its signal flag
 
 
 def worker_count(settings: Settings) -> int:
-    """``settings.workers``, or when 0: one per usable core (at most 8); 1 where inference runs on a GPU,
-    where each worker would hold its own CUDA context and copy of every model."""
+    """``settings.workers``, or when 0: one per two usable cores (at least 1, at most 8); 1 where
+    inference runs on a GPU, where each worker would hold its own CUDA context and copy of every
+    model."""
     if settings.workers:
         return settings.workers
     gpu = settings.provider == "cuda" or (settings.provider == "auto" and _has_gpu_build())
-    return 1 if gpu else min(usable_cores(), MAX_AUTO_WORKERS)
+    return 1 if gpu else max(1, min(usable_cores() // CORES_PER_WORKER, MAX_AUTO_WORKERS))
 
 
 def _has_gpu_build() -> bool:

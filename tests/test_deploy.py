@@ -103,18 +103,16 @@ def test_deployment_probes_security_and_drain_fit_the_server(tmp_path):
             and not sc["allowPrivilegeEscalation"]
             and sc["capabilities"]["drop"] == ["ALL"]
         )
-    from_limits = {
-        e["name"]: e["valueFrom"]["resourceFieldRef"]["resource"]
-        for e in container["env"]
-        if "valueFrom" in e
-    }
-    # one worker per CPU of the limit; each worker's ONNX Runtime threads then follow (cores / workers)
-    assert from_limits == {"ATTNSERVE_WORKERS": "limits.cpu"}
+    # the worker count and threads follow the CPU limit, which the server reads from its cgroup, and no
+    # variable set from the manifest overrides that (tests/test_workers.py: usable_cores)
+    assert not [e for e in container.get("env", []) if "THREADS" in e["name"] or "WORKERS" in e["name"]]
+    assert container["resources"]["limits"]["cpu"] == "2"
     config_map = next(o for o in objects if o["kind"] == "ConfigMap")
     settings = tomllib.loads(config_map["data"]["attnserve.toml"])
     (tmp_path / "attnserve.toml").write_text(config_map["data"]["attnserve.toml"])
     served = load_settings(argparse.Namespace(config=tmp_path / "attnserve.toml"), environ={})
     assert served.reflection is False and served.port == 50051  # the file is one the server takes
+    assert served.workers == 0  # chosen from the CPU limit
     drain = (
         container["lifecycle"]["preStop"]["sleep"]["seconds"]
         + settings["shutdown_delay_s"]

@@ -24,7 +24,7 @@ from attnserve.client import AsyncVisionClient, VisionClient
 from attnserve.cpu import usable_cores
 from attnserve.models.scenes import classification_scene
 from attnserve.service.settings import Settings
-from attnserve.service.supervisor import worker_settings
+from attnserve.service.supervisor import worker_count, worker_settings
 from bench.harness import start_server
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -206,6 +206,12 @@ def test_a_worker_that_cannot_start_stops_the_server_with_its_status(tmp_path):
         start_server(tmp_path / "no-such-repository", log, "--workers", "2", timeout=60)
     assert "does not exist" in log.read_text()
     assert "before it was ready; stopping" in log.read_text()
+
+
+def test_the_worker_count_is_two_cores_each_unless_set():
+    assert worker_count(Settings(workers=3)) == 3
+    assert worker_count(Settings(provider="cuda")) == 1  # a CUDA context and every model per worker
+    assert worker_count(Settings(provider="cpu")) == max(1, min(len(os.sched_getaffinity(0)) // 2, 8))
 
 
 def test_each_worker_gets_its_share_of_the_cores_and_the_byte_budget():
