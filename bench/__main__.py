@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 
 from attnserve.client import AsyncVisionClient
+from attnserve.client.clients import DEFAULT_CONNECTIONS
 from attnserve.export.cli import main as export_main
 from attnserve.manifest import MANIFEST_FILE, Manifest
 from attnserve.models.outputs import ROLLOUT
@@ -70,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", help="these models instead of the profile's")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every contender")
     parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=DEFAULT_CONNECTIONS,
+        help="connections the vision API's load generator takes turns over (the client's default)",
+    )
     parser.add_argument("--work", type=Path, default=Path(".bench"), help="exported models, peer venv, logs")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--docs", type=Path, help="also write the markdown table here")
@@ -83,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "threads": args.threads,
         "provider": args.provider,
+        "connections": args.connections,
         "versions": versions(),
         "models": {},
     }
@@ -155,18 +163,22 @@ def bench_model(name: str, args: argparse.Namespace, profile: dict) -> dict:
     )
     try:
         log(f"{name}: attnserve, JPEGs at the model's size, concurrency {profile['concurrencies']}")
-        out["attnserve"] = {c: vision(server, name, images, [], c, load) for c in profile["concurrencies"]}
+        out["attnserve"] = {
+            c: vision(server, name, images, [], c, load, args.connections) for c in profile["concurrencies"]
+        }
         log(f"{name}: attnserve variants at concurrency {COMPARE_AT}")
-        out["attnserve_maps"] = vision(server, name, images, ["all"], COMPARE_AT, load)
+        out["attnserve_maps"] = vision(server, name, images, ["all"], COMPARE_AT, load, args.connections)
         if rollout:
-            out["attnserve_rollout"] = vision(server, name, images, [ROLLOUT], COMPARE_AT, load)
-        out["attnserve_1080p"] = vision(server, name, photos, [], COMPARE_AT, load)
+            out["attnserve_rollout"] = vision(
+                server, name, images, [ROLLOUT], COMPARE_AT, load, args.connections
+            )
+        out["attnserve_1080p"] = vision(server, name, photos, [], COMPARE_AT, load, args.connections)
         out["attnserve_v2_tensors"] = tensors(server.target, name, images, COMPARE_AT, load)
     finally:
         server.stop()
     server = start_server(repository, work / f"{name}-no-batching.log", *server_args, "--max-batch-size", "1")
     try:
-        out["attnserve_no_batching"] = vision(server, name, images, [], COMPARE_AT, load)
+        out["attnserve_no_batching"] = vision(server, name, images, [], COMPARE_AT, load, args.connections)
     finally:
         server.stop()
     # one worker process per thread of the run, each with one ONNX Runtime thread: the same cores
@@ -189,9 +201,9 @@ def bench_model(name: str, args: argparse.Namespace, profile: dict) -> dict:
     )
     try:
         out["attnserve_workers"] = {
-            c: vision(server, name, images, [], c, load) for c in profile["concurrencies"]
+            c: vision(server, name, images, [], c, load, args.connections) for c in profile["concurrencies"]
         }
-        out["attnserve_workers_1080p"] = vision(server, name, photos, [], COMPARE_AT, load)
+        out["attnserve_workers_1080p"] = vision(server, name, photos, [], COMPARE_AT, load, args.connections)
         out["workers"] = workers
     finally:
         server.stop()
@@ -240,14 +252,19 @@ def export(name: str, repository: Path, precision: str = "fp32", int8_options: l
 
 
 def vision(
-    server: ServerProcess, model: str, images: ImageSet, select: list[str], concurrency: int, load: dict
+    server: ServerProcess,
+    model: str,
+    images: ImageSet,
+    select: list[str],
+    concurrency: int,
+    load: dict,
+    connections: int = DEFAULT_CONNECTIONS,
 ) -> dict:
     """The vision API under load, with the CPU the server and this load generator each used: on a
     machine they share, the generator's share is what the server could not have."""
 
     async def go():
-        # 16 connections: the kernel hands each to one of a server's workers, at random
-        async with AsyncVisionClient(server.target, timeout=120, connections=16) as client:
+        async with AsyncVisionClient(server.target, timeout=120, connections=connections) as client:
             calls = VisionCalls(client, model, images, select)
             return await run_load(calls, concurrency, check=calls.check, **load)
 

@@ -201,6 +201,12 @@ def measured_line(results: dict) -> str:
     return (
         f"Measured with `{results['command']}` on {time.strftime('%Y-%m-%d')}: {m['cpu']}, "
         f"{m['cores']} cores, "
-        f"{results['threads']} threads for every contender, provider {results['provider']}; {v}. "
+        f"{results['threads']} threads for every contender, provider {results['provider']}"
+        + (
+            f", vision API calls over {results['connections']} connections"
+            if "connections" in results
+            else ""
+        )
+        + f"; {v}. "
         f"The run took {results['seconds']} s."
     )
