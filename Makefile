@@ -104,7 +104,11 @@ train: install
 	$(PY) -m attnserve.demo.train eca_classifier --init runs/eca_base.pt --steps 1200 --lr 2e-3 --seed 3 --train-size 20000 \
 		--out runs/eca_broad.pt
 	$(PY) -m attnserve.demo.train eca_classifier --init runs/eca_broad.pt --steps 2000 --lr 1.5e-3 --seed 4 --train-size 20000 \
-		--resolutions 80 120
+		--resolutions 80 120 --out runs/eca_multiscale.pt
+	$(PY) -m attnserve.demo.train eca_classifier --init runs/eca_multiscale.pt --steps 3000 --lr 1e-3 --seed 7 \
+		--train-size 40000 --resolutions 80 120 --data-seed 11 --out runs/eca_fresh.pt
+	$(PY) -m attnserve.demo.train eca_classifier --init runs/eca_fresh.pt --steps 2000 --lr 7e-4 --seed 8 \
+		--train-size 40000 --resolutions 80 120 --data-seed 12
 	$(PY) -m attnserve.demo.train vit_classifier --init runs/cbam_stage4.pt --steps 2500 --lr 1e-3 --weight-decay 0.05 \
 		--train-size 30000 --out runs/vit_base.pt
 	$(PY) -m attnserve.demo.train vit_classifier --init runs/vit_base.pt --steps 2500 --lr 7e-4 --weight-decay 0.05 \
