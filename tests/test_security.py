@@ -371,3 +371,47 @@ def test_a_digest_list_that_does_not_parse_stops_the_server(repository, tmp_path
     command += ["--metrics-port", "0", "--model-digests", str(tmp_path / "digests")]
     out = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "line 1: expected sha256sum's" in out.stderr, out.stderr
+
+
+def test_tls_tokens_and_https_metrics_hold_with_several_workers(pki, repository, tmp_path):
+    """The same settings over two worker processes: each worker's port speaks TLS and checks tokens;
+    the supervisor serves /metrics over HTTPS, summing the workers' refusals, and the plaintext probes."""
+    health_port = free_port()
+    server = start_server(
+        repository,
+        tmp_path / "log",
+        "--workers",
+        "2",
+        "--tls-cert",
+        str(pki / "server.pem"),
+        "--tls-key",
+        str(pki / "server.key"),
+        "--auth-tokens",
+        str(pki / "tokens"),
+        "--metrics-tls",
+        "true",
+        "--health-port",
+        str(health_port),
+        security=ChannelSecurity(ca=pki / "ca.pem"),
+    )
+    try:
+        # over 16 connections, so over both workers (2 / 2**16 that the kernel gives all to one)
+        with VisionClient(server.target, timeout=10, security=secured(pki), connections=16) as client:
+            for _ in range(16):
+                assert client.classify([scene()], "cbam_classifier").results[0].labels
+        refused = 0
+        with VisionClient(server.target, timeout=10, security=secured(pki, None), connections=16) as client:
+            for _ in range(16):
+                with pytest.raises(grpc.RpcError) as err:
+                    client.list_models()
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                refused += 1
+        context = ssl.create_default_context(cafile=pki / "ca.pem")
+        url = server.metrics_url.replace("http://", "https://")
+        text = urllib.request.urlopen(url, timeout=5, context=context).read().decode()
+        assert f'attnserve_auth_refused_total{{reason="unauthenticated"}} {float(refused)}' in text
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        assert server.stop() == 0, server.log()
