@@ -36,6 +36,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 from attnserve.cpu import usable_cores
+from attnserve.service.health import ProbePort
 from attnserve.service.settings import Settings, listening
 from attnserve.service.worker_link import run_worker
 
@@ -92,7 +93,8 @@ class Worker:
 
 class Supervisor:
     def __init__(self, settings: Settings, count: int, metrics_dir: str) -> None:
-        from attnserve.service.health import ProbePort  # gRPC, once the metrics directory is set
+        # here, once supervise() has set PROMETHEUS_MULTIPROC_DIR: prometheus-client picks its storage
+        # when it is first imported
         from attnserve.service.metrics import SupervisorMetrics
 
         self.settings, self.count = settings, count
