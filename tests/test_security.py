@@ -71,6 +71,17 @@ def tls_server(pki, repository, tmp_path_factory):
     server = start_server(
         repository,
         tmp_path_factory.mktemp("tls") / "log",
+        *secured_settings(pki, health_port),
+        security=ChannelSecurity(ca=pki / "ca.pem"),
+    )
+    server.health_port = health_port
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+def secured_settings(pki: Path, health_port: int) -> list[str]:
+    """TLS, tokens, HTTPS metrics, and health alone in plaintext on ``health_port``."""
+    return [
         "--tls-cert",
         str(pki / "server.pem"),
         "--tls-key",
@@ -81,11 +92,7 @@ def tls_server(pki, repository, tmp_path_factory):
         "true",
         "--health-port",
         str(health_port),
-        security=ChannelSecurity(ca=pki / "ca.pem"),
-    )
-    server.health_port = health_port
-    yield server
-    assert server.stop() == 0, server.log()
+    ]
 
 
 def secured(pki: Path, token: str | None = INFER_TOKEN, **files: Path) -> ChannelSecurity:
@@ -382,16 +389,7 @@ def test_tls_tokens_and_https_metrics_hold_with_several_workers(pki, repository,
         tmp_path / "log",
         "--workers",
         "2",
-        "--tls-cert",
-        str(pki / "server.pem"),
-        "--tls-key",
-        str(pki / "server.key"),
-        "--auth-tokens",
-        str(pki / "tokens"),
-        "--metrics-tls",
-        "true",
-        "--health-port",
-        str(health_port),
+        *secured_settings(pki, health_port),
         security=ChannelSecurity(ca=pki / "ca.pem"),
     )
     try:
