@@ -36,7 +36,6 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 from attnserve.cpu import usable_cores
-from attnserve.service.health import ProbePort
 from attnserve.service.settings import Settings, listening
 from attnserve.service.worker_link import run_worker
 
@@ -93,8 +92,10 @@ class Worker:
 
 class Supervisor:
     def __init__(self, settings: Settings, count: int, metrics_dir: str) -> None:
-        # here, once supervise() has set PROMETHEUS_MULTIPROC_DIR: prometheus-client picks its storage
-        # when it is first imported
+        # Imported here, not with the module: prometheus-client picks its storage when first imported, so
+        # only once supervise() has set PROMETHEUS_MULTIPROC_DIR; and the probe port's generated API
+        # (both gRPC APIs' descriptors) only where a supervisor runs, not wherever worker_count is read
+        from attnserve.service.health import ProbePort
         from attnserve.service.metrics import SupervisorMetrics
 
         self.settings, self.count = settings, count
