@@ -191,7 +191,7 @@ def bench_model(name: str, args: argparse.Namespace, profile: dict) -> dict:
         "--workers",
         str(workers),
         "--intra-op-threads",
-        str(max(1, args.threads // workers)),
+        "1",
         "--decode-threads",
         "2",
         "--max-batch-size",
