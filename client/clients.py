@@ -175,6 +175,18 @@ class VisionClient:
             metadata=self.security.metadata,
         )
 
+    def load_model(self, model: str) -> pb.LoadModelResponse:
+        """Load or reload ``model`` from the server's repository (admin; model_control explicit)."""
+        return self.stub.LoadModel(
+            pb.LoadModelRequest(model=model), timeout=self.timeout, metadata=self.security.metadata
+        )
+
+    def unload_model(self, model: str) -> pb.UnloadModelResponse:
+        """Stop serving ``model`` once its calls are answered (admin; model_control explicit)."""
+        return self.stub.UnloadModel(
+            pb.UnloadModelRequest(model=model), timeout=self.timeout, metadata=self.security.metadata
+        )
+
     def close(self) -> None:
         for channel in self.channels:
             channel.close()
@@ -234,6 +246,16 @@ class AsyncVisionClient:
             pb.GetModelInfoRequest(model=model, version=version),
             timeout=self.timeout,
             metadata=self.security.metadata,
+        )
+
+    async def load_model(self, model: str) -> pb.LoadModelResponse:
+        return await self.stub.LoadModel(
+            pb.LoadModelRequest(model=model), timeout=self.timeout, metadata=self.security.metadata
+        )
+
+    async def unload_model(self, model: str) -> pb.UnloadModelResponse:
+        return await self.stub.UnloadModel(
+            pb.UnloadModelRequest(model=model), timeout=self.timeout, metadata=self.security.metadata
         )
 
     async def close(self) -> None:

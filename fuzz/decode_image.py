@@ -59,7 +59,7 @@ def check(data: bytes) -> None:
 
     request = PredictRequest(task, model, version, [ImageInput(encoded=data)], maps)
     try:
-        prediction = p.run(p.dataplane.predict(request))
+        prediction = p.run(p.dataplane.predict(request, lambda prediction: prediction))
     except ServiceError:
         return
     finally:

@@ -20,7 +20,7 @@ from attnserve.service.dataplane import DataPlane
 from attnserve.service.grpc.inference_v2 import InferenceServicer
 from attnserve.service.grpc.vision import VisionServicer
 from attnserve.service.metrics import Metrics
-from attnserve.service.registry import ModelRegistry, ServedModel, load_repository
+from attnserve.service.registry import ModelRegistry
 from attnserve.service.settings import Settings
 from fuzz.tiny_models import write_repository
 
@@ -83,20 +83,17 @@ def _build() -> Plane:
     settings = Settings(repository=write_repository(Path(folder.name)), **SETTINGS).validate()
     metrics, registry = Metrics(), ModelRegistry()
     dataplane = DataPlane(settings, registry, metrics)
-
-    def loaded(served: ServedModel) -> None:
-        dataplane.readiness.model_loaded(served.manifest.name)
-
+    loop = asyncio.new_event_loop()
     with folder:
-        load_repository(settings, registry, metrics, loaded)
-    if registry.failed or len(registry.all()) != 3:
-        raise RuntimeError(f"the tiny models did not load: {registry.failed}")
+        loop.run_until_complete(dataplane.lifecycle.start())
+    if dataplane.lifecycle.failures or len(registry.all()) != 3:
+        raise RuntimeError(f"the tiny models did not load: {dataplane.lifecycle.failures}")
     dataplane.readiness.all_loaded()
     built = Plane(
         dataplane,
         VisionServicer(dataplane, metrics),
         InferenceServicer(dataplane, metrics, "fuzz"),
-        asyncio.new_event_loop(),
+        loop,
     )
     atexit.register(built.close)
     return built

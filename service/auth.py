@@ -26,11 +26,13 @@ INFER, ADMIN = "infer", "admin"
 SCOPES = (INFER, ADMIN)
 MIN_TOKEN_LENGTH = 16  # shorter ones are guessable; refused when the file is read
 OPEN_SERVICES = ("grpc.health.v1.Health",)
-# methods of the inference service that change or list the repository: administration
+# methods that change or list the repository: administration
 ADMIN_METHODS = {
     "/inference.GRPCInferenceService/RepositoryIndex",
     "/inference.GRPCInferenceService/RepositoryModelLoad",
     "/inference.GRPCInferenceService/RepositoryModelUnload",
+    "/attnserve.v1.VisionService/LoadModel",
+    "/attnserve.v1.VisionService/UnloadModel",
 }
 INFER_SERVICES = ("attnserve.v1.VisionService", "inference.GRPCInferenceService")
 

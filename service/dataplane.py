@@ -14,9 +14,10 @@ descriptions, readiness, the repository's index.
 """
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import grpc
@@ -24,7 +25,7 @@ import numpy as np
 
 from attnserve.manifest import AttentionOutput, Manifest
 from attnserve.service.errors import ServiceError, invalid
-from attnserve.service.lanes import Lane, Lanes
+from attnserve.service.lifecycle import ModelLifecycle
 from attnserve.service.messages import (
     ImageInput,
     ImageResult,
@@ -64,15 +65,18 @@ class DataPlane:
         self.metrics = metrics
         self.readiness = Readiness()
         self.admission = Admission(settings.max_in_flight_mb, metrics)
-        self.lanes = Lanes(settings.decode_threads)
+        self.lifecycle = ModelLifecycle(settings, registry, metrics, self.readiness)
 
-    async def predict(self, request: PredictRequest) -> Prediction:
+    async def predict(self, request: PredictRequest, build: Callable[[Prediction], T]) -> T:
+        """The front-end's response, ``build(prediction)``, made while the request still holds its model
+        version (a version being retired waits for it)."""
         started = time.perf_counter()
         served = self._served(request.model, request.version)
         check_task(served.manifest, request.task)
         self._check_images(request.images)
         with self._admit(served, len(request.images), _image_bytes(request.images)) as ticket:
-            return await self._predict(served, request, ticket, started)
+            prediction = await self._predict(served, request, ticket, started)
+            return await self._reply(served, prediction, build)
 
     async def _predict(
         self, served: ServedModel, request: PredictRequest, ticket: Ticket, started: float
@@ -90,7 +94,7 @@ class DataPlane:
         outputs = [*manifest.predictions, *(a.name for a in selected)]
         batch = await served.batcher.submit(prepared.batch, outputs, request.deadline)
         if selected or len(prepared.views) > INLINE_POSTPROCESS_IMAGES:
-            results, postprocess, encode_seconds = await self._lane(served).run(
+            results, postprocess, encode_seconds = await served.lane.run(
                 ticket,
                 _finish,
                 handler,
@@ -159,6 +163,27 @@ class DataPlane:
             self._observe(request.model, timing)
             return InferResult(manifest, batch.outputs)
 
+    async def load_model(self, model: str) -> list[int]:
+        """Load (or reload) ``model`` from the repository by its version policy; the versions served."""
+        self.lifecycle.check_mode("load")
+        self._check_admin()
+        return await self.lifecycle.load(model)
+
+    async def unload_model(self, model: str) -> list[int]:
+        """Stop serving ``model`` once the calls it has are answered; the versions it had."""
+        self.lifecycle.check_mode("unload")
+        self._check_admin()
+        return await self.lifecycle.unload(model)
+
+    def _check_admin(self) -> None:
+        # with auth_tokens the interceptor has let only the admin scope through (service/auth.py)
+        if not (self.settings.auth_tokens or self.settings.unauthenticated_admin):
+            raise ServiceError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "loading and unloading models needs a token with the admin scope (auth_tokens), or "
+                "unauthenticated_admin on a trusted network",
+            )
+
     def describe(self, model: str, version: int = 0) -> ModelDescription:
         """``model`` (``version``, 0: the latest) as served; NOT_FOUND when it is not."""
         served = self.registry.get(model, version)
@@ -183,12 +208,12 @@ class DataPlane:
         return [self.describe(name) for name in self.registry.names()]
 
     def repository_index(self, ready_only: bool = False) -> list[RepositoryEntry]:
+        """The versions served, and (unless ``ready_only``) those in the repository that are not: why
+        each failed to load, or that the version policy leaves it out or it was unloaded."""
         entries = [RepositoryEntry(s.manifest.name, s.manifest.version, True) for s in self.registry.all()]
         if not ready_only:
-            for key, reason in self.registry.failed.items():
-                name, version = key.split("/")
-                entries.append(RepositoryEntry(name, int(version), False, reason))
-        return entries
+            entries += self.lifecycle.unserved()
+        return sorted(entries, key=lambda e: (e.name, e.version))
 
     def is_served(self, model: str) -> bool:
         """Whether a name is one of the served models (metrics label only those: clients cannot grow them)."""
@@ -213,7 +238,7 @@ class DataPlane:
         """Decode and fit on the model's lane, announced to the batcher so a batch may wait for it."""
         served.batcher.announce()
         try:
-            lane = self._lane(served)
+            lane = served.lane
             async with lane.decoding:
                 if deadline is not None and time.monotonic() > deadline:
                     raise ServiceError(
@@ -232,23 +257,30 @@ class DataPlane:
             served.batcher.withdraw()
             raise
 
-    async def reply(self, prediction: Prediction, build: Callable[[Prediction], T]) -> T:
-        """A front-end's response built from ``prediction``: on the model's lane when it is heavy (maps,
-        or many images: tens of MiB of maps take hundreds of milliseconds to build as protobuf
-        messages), else right here, where a hop to a thread would cost more than the work."""
+    async def _reply(
+        self, served: ServedModel, prediction: Prediction, build: Callable[[Prediction], T]
+    ) -> T:
+        """``build(prediction)`` on the model's lane when it is heavy (maps, or many images: tens of MiB
+        of maps take hundreds of milliseconds to build as protobuf messages), else right here, where a
+        hop to a thread would cost more than the work."""
         if len(prediction.results) <= INLINE_POSTPROCESS_IMAGES and not any(
             r.maps for r in prediction.results
         ):
             return build(prediction)
-        lane = self._lane(self.registry.get(prediction.model, prediction.version))
-        return await asyncio.wrap_future(lane.pool.submit(build, prediction))
+        return await asyncio.wrap_future(served.lane.pool.submit(build, prediction))
 
-    def _admit(self, served: ServedModel, images: int, nbytes: int) -> Ticket:
+    @contextlib.contextmanager
+    def _admit(self, served: ServedModel, images: int, nbytes: int) -> Iterator[Ticket]:
+        """The request's ticket, and its hold on ``served`` (a version being retired waits for it)."""
         m = served.manifest
-        return self.admission.admit(m.name, m.version, images, nbytes, served.settings.max_in_flight_images)
-
-    def _lane(self, served: ServedModel) -> Lane:
-        return self.lanes.of(served.batcher.label)
+        with self.admission.admit(
+            m.name, m.version, images, nbytes, served.settings.max_in_flight_images
+        ) as t:
+            served.in_flight += 1
+            try:
+                yield t
+            finally:
+                served.in_flight -= 1
 
     def _served(self, model: str, version: int) -> ServedModel:
         if not self.readiness.accepting_calls:
@@ -303,7 +335,8 @@ class DataPlane:
             self.metrics.stage_seconds.labels(model, stage).observe(seconds)
 
     def close(self) -> None:
-        self.lanes.close()
+        for served in self.registry.all():
+            served.lane.pool.shutdown(wait=False)
 
 
 def _image_bytes(images: list[ImageInput]) -> int:

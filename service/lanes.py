@@ -1,7 +1,8 @@
 """Worker threads: each model version's lane for decoding, fitting and encoding its requests, and the
 pools behind lanes and inference, at a lower priority than the event loop.
 
-A lane is one model version's own threads for decoding, fitting and encoding its requests' images.
+A lane is one model version's own threads for decoding, fitting and encoding its requests' images
+(each served model has one: service/registry.py).
 
 Per model version rather than one pool for all, by measurement (2 cores, decode_threads 2): with one
 shared pool, eight requests of two 6000×6000 PNGs for one model held both threads and a 96 px JPEG
@@ -57,6 +58,7 @@ def _lower_priority() -> None:
 
 class Lane:
     def __init__(self, threads: int, name: str) -> None:
+        self.threads = threads
         self.pool = worker_pool(threads, name)
         self.decoding = asyncio.Semaphore(threads)  # requests let into the pool at once
 
@@ -71,21 +73,3 @@ class Lane:
             if not future.cancel():
                 ticket.hold(future)
             raise
-
-
-class Lanes:
-    """The lanes, one per model version (by its label, NAME/VERSION), each started on first use."""
-
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
-        self._lanes: dict[str, Lane] = {}
-
-    def of(self, label: str) -> Lane:
-        lane = self._lanes.get(label)
-        if lane is None:
-            lane = self._lanes[label] = Lane(self.threads, f"decode-{label.replace('/', '-')}")
-        return lane
-
-    def close(self) -> None:
-        for lane in self._lanes.values():
-            lane.pool.shutdown(wait=False)

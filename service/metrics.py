@@ -62,7 +62,7 @@ class Metrics:
         )
         self.model_ready = Gauge(
             "attnserve_model_ready",
-            "1 for a model version serving, 0 for one that failed to load.",
+            "1 for a model version serving; 0 for one that failed to load or was retired.",
             ["model", "version"],
             multiprocess_mode="livemin",
             registry=r,
@@ -101,6 +101,50 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        self.loads = Counter(
+            "attnserve_model_loads",
+            "Model versions loaded and warmed up, at start-up or while serving.",
+            ["model"],
+            registry=r,
+        )
+        self.load_failures = Counter(
+            "attnserve_model_load_failures",
+            "Attempts to load a model version that failed, by reason: incomplete (a file missing or "
+            "unreadable), digest (model.onnx is not the manifest's sha256), untrusted (model_digests), "
+            "config (config.toml invalid) or invalid (ONNX Runtime cannot run it).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.load_failed = Gauge(
+            "attnserve_model_load_failed",
+            "1 while a model version in the repository failed to load (tried again when its files "
+            "change), else 0.",
+            ["model", "version"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.unloads = Counter(
+            "attnserve_model_unloads",
+            "Model versions retired and released: replaced, left out by the version policy, removed "
+            "from the repository or unloaded.",
+            ["model"],
+            registry=r,
+        )
+        self.unload_seconds = Histogram(
+            "attnserve_model_unload_duration_seconds",
+            "Time from retiring a model version (no new requests reach it) to releasing it: the calls it "
+            "had, answered.",
+            ["model"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
+        )
+        self.version_served = Gauge(
+            "attnserve_model_version_served",
+            "The newest version of each model served (what a request without a version gets); 0: none.",
+            ["model"],
+            multiprocess_mode="livemin",
+            registry=r,
+        )
         self.auth_refused = Counter(
             "attnserve_auth_refused",
             "Calls refused by token authentication: unauthenticated or permission_denied.",
@@ -109,7 +153,7 @@ class Metrics:
         )
         self.model_info = Gauge(
             "attnserve_model_info",
-            "Each model version served (value 1), with its provider and precision.",
+            "Each model version served (value 1; 0 once retired), with its provider and precision.",
             ["model", "version", "task", "provider", "precision"],
             multiprocess_mode="livemax",
             registry=r,

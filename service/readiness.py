@@ -3,7 +3,8 @@ ModelReady, and the vision API's ListModels all read it, so they agree at every 
 failure and shutdown.
 
 starting: the port is open and models load one by one; each is ready once loaded and warm, the
-server is not. serving: every model that could load has; the server is ready. draining (SIGTERM):
+server is not. serving: every model that could load has; the server is ready (a model loaded later is
+ready once warm, one whose last version is retired is not). draining (SIGTERM):
 nothing is ready, so load balancers move away, but calls are still answered for ``shutdown_delay_s``.
 stopped: new calls are refused with UNAVAILABLE while those admitted before finish; the server waits
 until no call has been in flight for a moment (``idle``) before closing the port.
@@ -43,6 +44,14 @@ class Readiness:
                 return
             self._models.add(name)
         self._tell(name, True)
+
+    def model_unloaded(self, name: str) -> None:
+        """No version of ``name`` is served any more (service/lifecycle.py retired the last)."""
+        with self._lock:
+            if name not in self._models:
+                return
+            self._models.discard(name)
+        self._tell(name, False)
 
     def all_loaded(self) -> None:
         with self._lock:

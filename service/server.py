@@ -17,6 +17,7 @@ says for the whole server.
 """
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -46,7 +47,7 @@ from attnserve.service.health import (
 from attnserve.service.metrics import Metrics
 from attnserve.service.metrics_http import MetricsServer
 from attnserve.service.readiness import Readiness
-from attnserve.service.registry import ModelRegistry, ServedModel, load_repository
+from attnserve.service.registry import ModelRegistry
 from attnserve.service.settings import Settings, listening
 from attnserve.service.worker_link import WorkerLink
 
@@ -167,14 +168,8 @@ async def serve(settings: Settings, link: WorkerLink | None = None) -> int:
         link.listen(to_health, lambda: loop.call_soon_threadsafe(stop.set))
         link.send("listening")
 
-    def loaded(served: ServedModel) -> None:
-        m = served.manifest
-        metrics.load_seconds.labels(m.name, str(m.version)).set(served.model.load_seconds)
-        metrics.model_info.labels(m.name, str(m.version), m.task, served.model.provider, m.precision).set(1)
-        metrics.model_ready.labels(m.name, str(m.version)).set(1)
-        readiness.model_loaded(m.name)
-
-    loading = asyncio.create_task(asyncio.to_thread(load_repository, settings, registry, metrics, loaded))
+    lifecycle = dataplane.lifecycle
+    loading = asyncio.create_task(lifecycle.start())
     await asyncio.wait([loading, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     if loading.done() and loading.exception() is not None:
         log.error("could not load the model repository: %s", loading.exception())
@@ -182,15 +177,23 @@ async def serve(settings: Settings, link: WorkerLink | None = None) -> int:
         _close(probes, metrics_server)
         return 1
     if loading.done() and not stop.is_set():
-        for key in registry.failed:  # NAME/VERSION that did not load: alerting sees a 0
-            metrics.model_ready.labels(*key.split("/")).set(0)
         # what loading made lives as long as the server: out of the collector's sight, so that full
         # collections under load (80-107 ms pauses of every call, health included) have less to walk
         gc.freeze()
         readiness.all_loaded()
-        failed = f"; not loaded: {registry.failed}" if registry.failed else ""
-        log.info("ready: %d model versions (%s)%s", len(registry.all()), ", ".join(registry.names()), failed)
+        failed = lifecycle.failures
+        failed_text = f"; not loaded: {failed}" if failed else ""
+        log.info(
+            "ready: %d model versions (%s)%s; model_control %s",
+            len(registry.all()),
+            ", ".join(registry.names()),
+            failed_text,
+            settings.model_control,
+        )
         await stop.wait()
+    loading.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await loading
 
     readiness.drain()
     await health_servicer.enter_graceful_shutdown()
@@ -216,6 +219,7 @@ async def serve(settings: Settings, link: WorkerLink | None = None) -> int:
             "%d calls still in flight after %.1f s; cancelling them", readiness.calls_in_flight, grace
         )
     await server.stop(max(0.0, drained_at - loop.time()))
+    await lifecycle.stop()
     for served in registry.all():
         await served.batcher.close()
     dataplane.close()

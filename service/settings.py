@@ -14,11 +14,39 @@ from attnserve.manifest import DETECTION, MODEL_CONFIG_FILE
 
 ENV_PREFIX = "ATTNSERVE_"
 PROVIDERS = ("auto", "cpu", "cuda")
+# what changes the models served (service/lifecycle.py): nothing after start-up, the repository as
+# watched every poll_interval_s, or only the load and unload calls
+STATIC, POLL, EXPLICIT = "static", "poll", "explicit"
+MODEL_CONTROL_MODES = (STATIC, POLL, EXPLICIT)
 
 
 @dataclass
 class Settings:
     repository: Path = field(default=Path("model_repository"), metadata={"help": "model repository folder"})
+    model_control: str = field(
+        default=STATIC,
+        metadata={
+            "help": "what changes the models served: static (the repository as found at start-up), poll "
+            "(the repository, re-read every poll_interval_s) or explicit (only the load and unload calls)"
+        },
+    )
+    poll_interval_s: float = field(
+        default=10.0, metadata={"help": "with model_control poll, seconds between reads of the repository"}
+    )
+    version_policy: str = field(
+        default="all",
+        metadata={
+            "help": "which versions of each model are served (a model's config.toml may override it): all, "
+            "latest:N (the N newest that load) or specific:V[,V...]"
+        },
+    )
+    unauthenticated_admin: bool = field(
+        default=False,
+        metadata={
+            "help": "let any caller load and unload models when auth_tokens is not set (else those calls "
+            "need a token with the admin scope); for a trusted network only"
+        },
+    )
     host: str = field(default="0.0.0.0", metadata={"help": "address the gRPC server binds"})
     port: int = field(default=50051, metadata={"help": "gRPC port (0: any free port)"})
     metrics_host: str = field(default="0.0.0.0", metadata={"help": "address the metrics server binds"})
@@ -175,6 +203,19 @@ class Settings:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.workers < 0:
             raise ValueError(f"workers must be 0 (chosen from the cores) or more, not {self.workers}")
+        if self.model_control not in MODEL_CONTROL_MODES:
+            raise ValueError(
+                f"model_control {self.model_control!r} is not one of {', '.join(MODEL_CONTROL_MODES)}"
+            )
+        if self.model_control == EXPLICIT and self.workers > 1:
+            # a load or unload call reaches the one worker its connection went to
+            raise ValueError(
+                "model_control explicit needs one worker (a load or unload call reaches only one); "
+                "with several workers use model_control poll"
+            )
+        if not (math.isfinite(self.poll_interval_s) and self.poll_interval_s > 0):
+            raise ValueError(f"poll_interval_s must be positive, not {self.poll_interval_s}")
+        VersionPolicy.parse(self.version_policy)
         if min(self.max_queue_delay_ms, self.grace_period_s, self.shutdown_delay_s) < 0:
             raise ValueError("max_queue_delay_ms, shutdown_delay_s and grace_period_s cannot be negative")
         if min(self.max_connection_idle_s, self.max_connection_age_s) < 0:
@@ -211,6 +252,7 @@ class ModelSettings:
     default_top_k: int  # classification
     default_score_threshold: float  # classification: labels below it left out; detection: boxes
     default_max_detections: int | None = None  # detection; None: every box above the threshold
+    version_policy: str = "all"  # VersionPolicy's text
 
     @classmethod
     def load(cls, server: Settings, model_dir: Path, task: str) -> "ModelSettings":
@@ -222,6 +264,7 @@ class ModelSettings:
             server.max_in_flight_images,
             server.default_top_k,
             server.default_detection_threshold if task == DETECTION else 0.0,
+            version_policy=server.version_policy,
         )
         path = model_dir / MODEL_CONFIG_FILE
         if not path.is_file():
@@ -236,6 +279,10 @@ class ModelSettings:
         if unknown:
             raise ValueError(f"{path}: unknown settings {', '.join(unknown)} (known: {', '.join(known)})")
         for name, value in values.items():
+            if known[name].type is str:
+                if not isinstance(value, str):
+                    raise ValueError(f"{path}: {name} must be a string, not {value!r}")
+                continue
             wanted = (float, int) if known[name].type is float else (int,)
             if isinstance(value, bool) or not isinstance(value, wanted):
                 raise ValueError(f"{path}: {name} must be a number, not {value!r}")
@@ -260,7 +307,58 @@ class ModelSettings:
         if not (math.isfinite(self.max_queue_delay_ms) and self.max_queue_delay_ms >= 0):
             raise ValueError(f"max_queue_delay_ms must be 0 or more, not {self.max_queue_delay_ms}")
         _check_threshold("default_score_threshold", self.default_score_threshold)
+        VersionPolicy.parse(self.version_policy)
         return self
+
+    @property
+    def versions(self) -> "VersionPolicy":
+        return VersionPolicy.parse(self.version_policy)
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which of a model's versions are served (Triton's three policies): ``all``, ``latest:N`` (the N
+    newest that load; a newer one that fails leaves an older one serving) or ``specific:V,...``."""
+
+    latest: int | None = None  # None: not a latest policy
+    specific: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "VersionPolicy":
+        kind, _, values = text.strip().partition(":")
+        try:
+            if kind == "all" and not values:
+                return cls()
+            if kind == "latest":
+                count = int(values) if values else 1
+                if count >= 1:
+                    return cls(latest=count)
+            if kind == "specific":
+                versions = tuple(sorted({int(v) for v in values.split(",")}))
+                if versions and versions[0] >= 1:
+                    return cls(specific=versions)
+        except ValueError:
+            pass
+        raise ValueError(
+            f"version_policy {text!r} is not all, latest:N (N ≥ 1) or specific:V[,V...] (versions ≥ 1)"
+        )
+
+    def candidates(self, versions: list[int]) -> list[int]:
+        """The versions on disk this policy may serve, the most wanted first."""
+        newest_first = sorted(versions, reverse=True)
+        if self.specific:
+            return [v for v in newest_first if v in self.specific]
+        return newest_first
+
+    @property
+    def count(self) -> int | None:
+        """How many of the candidates to serve; None: every one that loads."""
+        return self.latest
+
+    def __str__(self) -> str:
+        if self.latest is not None:
+            return f"latest:{self.latest}"
+        return f"specific:{','.join(map(str, self.specific))}" if self.specific else "all"
 
 
 def listening(settings: Settings, port: int, metrics_port: int) -> str:

@@ -197,15 +197,15 @@ def test_stream_infer_answers_each_request_and_reports_errors_in_band(client):
     ]
 
 
-def test_repository_index_and_unsupported_loading(client):
+def test_repository_index_and_no_loading_in_static_mode(client):
     index = client.get_model_repository_index()
     assert {(m.name, m.version, m.state) for m in index.models} >= {("cbam_classifier", "1", "READY")}
-    with pytest.raises(InferenceServerException) as err:
-        client.load_model("cbam_classifier")
-    assert (
-        "UNIMPLEMENTED" in err.value.status()
-        and "loads its model repository at start-up" in err.value.message()
-    )
+    for call in (client.load_model, client.unload_model):
+        with pytest.raises(InferenceServerException) as err:
+            call("cbam_classifier")
+        assert "FAILED_PRECONDITION" in err.value.status()
+        assert "model_control is static" in err.value.message()
+    assert client.is_model_ready("cbam_classifier")
 
 
 def _bad(kind: str) -> tuple[str, list]:

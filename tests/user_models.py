@@ -433,6 +433,30 @@ class GatedHead(Net):
         return self.fc(v * torch.sigmoid(self.gate(v)))
 
 
+class WideHead(nn.Module):
+    """An SE-gated stem into a wide hidden layer: about 100 MB of weights, so that a test can see a
+    model's memory come and go in the server's RSS."""
+
+    def __init__(self, num_classes=5, hidden=6144):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.attention = SEModule(4, reduction=2)
+        self.hidden = nn.Linear(4 * 32 * 32, hidden)
+        self.fc = nn.Linear(hidden, num_classes)
+        with torch.no_grad():  # small logits: long float32 sums stay inside the export's parity check
+            self.hidden.weight.mul_(0.1)
+            self.fc.weight.mul_(0.1)
+
+    def forward(self, x):
+        x = self.attention(F.relu(self.stem(x)))
+        return self.fc(F.relu(self.hidden(x.flatten(1))))
+
+
+def build_wide() -> nn.Module:
+    torch.manual_seed(2)
+    return WideHead().eval()
+
+
 def build(attention: str = "se", num_classes: int = 5, gated_head: bool = False) -> nn.Module:
     return _seeded((GatedHead if gated_head else Net)(ATTENTIONS[attention], num_classes), 0)
 

@@ -32,10 +32,6 @@ from attnserve.service.messages import ImageInput, InferRequest
 from attnserve.service.metrics import Metrics
 
 PLATFORM = "onnxruntime_onnx"
-_NO_RUNTIME_LOADING = (
-    "this server loads its model repository at start-up; loading and unloading at run time is not "
-    "supported: export the model into the repository and restart (or roll) the server"
-)
 
 
 class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
@@ -141,12 +137,26 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NO_RUNTIME_LOADING)
+        async def work(deadline: float | None) -> pb.RepositoryModelLoadResponse:
+            _one_repository(request.repository_name)
+            await self.dataplane.load_model(request.model_name)
+            return pb.RepositoryModelLoadResponse()
+
+        return await observed(
+            self.metrics, self.dataplane, "RepositoryModelLoad", request.model_name, context, work
+        )
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NO_RUNTIME_LOADING)
+        async def work(deadline: float | None) -> pb.RepositoryModelUnloadResponse:
+            _one_repository(request.repository_name)
+            await self.dataplane.unload_model(request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await observed(
+            self.metrics, self.dataplane, "RepositoryModelUnload", request.model_name, context, work
+        )
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
         if len(request.inputs) != 1:
@@ -189,3 +199,8 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
             response.outputs.add(name=output.name, datatype=datatype, shape=list(value.shape))
             response.raw_output_contents.append(data)
         return response
+
+
+def _one_repository(name: str) -> None:
+    if name:  # the protocol lets a server have several; this one has its one, unnamed
+        raise invalid(f"this server has one model repository; leave repository_name empty, not {name!r}")

@@ -86,8 +86,24 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             warnings=described.warnings,
         )
 
+    async def LoadModel(
+        self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LoadModelResponse:
+        async def work(deadline: float | None) -> pb.LoadModelResponse:
+            return pb.LoadModelResponse(versions=await self.dataplane.load_model(request.model))
+
+        return await observed(self.metrics, self.dataplane, "LoadModel", request.model, context, work)
+
+    async def UnloadModel(
+        self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnloadModelResponse:
+        async def work(deadline: float | None) -> pb.UnloadModelResponse:
+            return pb.UnloadModelResponse(versions=await self.dataplane.unload_model(request.model))
+
+        return await observed(self.metrics, self.dataplane, "UnloadModel", request.model, context, work)
+
     async def _classify(self, request: pb.ClassifyRequest, deadline: float | None) -> pb.ClassifyResponse:
-        prediction = await self.dataplane.predict(
+        return await self.dataplane.predict(
             PredictRequest(
                 CLASSIFICATION,
                 request.model,
@@ -97,12 +113,12 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 deadline=deadline,
                 top_k=request.top_k if request.HasField("top_k") else None,
                 score_threshold=request.score_threshold if request.HasField("score_threshold") else None,
-            )
+            ),
+            classify_response,
         )
-        return await self.dataplane.reply(prediction, classify_response)
 
     async def _detect(self, request: pb.DetectRequest, deadline: float | None) -> pb.DetectResponse:
-        prediction = await self.dataplane.predict(
+        return await self.dataplane.predict(
             PredictRequest(
                 DETECTION,
                 request.model,
@@ -112,9 +128,9 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 deadline=deadline,
                 score_threshold=request.score_threshold if request.HasField("score_threshold") else None,
                 max_detections=request.max_detections if request.HasField("max_detections") else None,
-            )
+            ),
+            detect_response,
         )
-        return await self.dataplane.reply(prediction, detect_response)
 
     async def _call(
         self,

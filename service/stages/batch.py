@@ -11,6 +11,7 @@ keeps accepting requests. A batch fetches the union of the outputs its requests 
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -97,8 +98,12 @@ class Batcher:
         return await job.future
 
     async def close(self) -> None:
+        """Stop the batching task (and with it the last reference to the model it holds, so that a
+        retired version's memory can be released right after)."""
         if self._worker is not None:
             self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
         self._executor.shutdown(wait=False)
 
     def _set_depth(self, change: int) -> None:

@@ -19,6 +19,15 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
+class DigestMismatch(RuntimeError):
+    """The model file's bytes are not those its manifest (or, ``trusted``, model_digests) names: a copy
+    not finished, or a corrupt or altered file."""
+
+    def __init__(self, message: str, trusted: bool) -> None:
+        super().__init__(message)
+        self.trusted = trusted
+
+
 def providers_for(choice: str) -> list[str]:
     available = ort.get_available_providers()
     if choice == "cpu":
@@ -49,11 +58,15 @@ class OnnxModel:
         data = (version_dir / MODEL_FILE).read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         if self.manifest.sha256 and digest != self.manifest.sha256:
-            raise RuntimeError(
-                f"{version_dir / MODEL_FILE} does not match its manifest's sha256; re-export it"
+            raise DigestMismatch(
+                f"{version_dir / MODEL_FILE} does not match its manifest's sha256 (a copy not finished, "
+                "or a corrupt file); re-export or copy it again",
+                trusted=False,
             )
         if trusted_sha256 is not None and digest != trusted_sha256:
-            raise RuntimeError(f"{version_dir / MODEL_FILE} does not match its sha256 in model_digests")
+            raise DigestMismatch(
+                f"{version_dir / MODEL_FILE} does not match its sha256 in model_digests", trusted=True
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads

@@ -64,6 +64,16 @@ class VisionServiceStub:
                 request_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/attnserve.v1.VisionService/LoadModel',
+                request_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/attnserve.v1.VisionService/UnloadModel',
+                request_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
 
 
 class VisionServiceServicer:
@@ -110,6 +120,21 @@ class VisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadModel(self, request, context):
+        """Administration (the admin scope): load a model from the repository, or reload it (its changed
+        versions and config.toml), by its version policy; and stop serving one once its calls are
+        answered. Only with model_control explicit; FAILED_PRECONDITION otherwise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +167,16 @@ def add_VisionServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.GetModelInfoRequest.FromString,
                     response_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.ModelInfo.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.LoadModelRequest.FromString,
+                    response_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=attnserve_dot_api_dot_v1_dot_vision__pb2.UnloadModelRequest.FromString,
+                    response_serializer=attnserve_dot_api_dot_v1_dot_vision__pb2.UnloadModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -306,6 +341,60 @@ class VisionService:
             '/attnserve.v1.VisionService/GetModelInfo',
             attnserve_dot_api_dot_v1_dot_vision__pb2.GetModelInfoRequest.SerializeToString,
             attnserve_dot_api_dot_v1_dot_vision__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/attnserve.v1.VisionService/LoadModel',
+            attnserve_dot_api_dot_v1_dot_vision__pb2.LoadModelRequest.SerializeToString,
+            attnserve_dot_api_dot_v1_dot_vision__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/attnserve.v1.VisionService/UnloadModel',
+            attnserve_dot_api_dot_v1_dot_vision__pb2.UnloadModelRequest.SerializeToString,
+            attnserve_dot_api_dot_v1_dot_vision__pb2.UnloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
