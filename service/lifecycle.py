@@ -41,6 +41,7 @@ from attnserve.service.metrics import Metrics
 from attnserve.service.readiness import Readiness
 from attnserve.service.registry import (
     CONFIG,
+    INCOMPLETE,
     LOAD_FAILURE_REASONS,
     LoadError,
     ModelRegistry,
@@ -320,7 +321,13 @@ class ModelLifecycle:
     def _fail(self, key: str, files: Files, config: Files, exc: LoadError) -> None:
         self._failures[key] = _Failure(files, config, exc.reason, str(exc))
         name, version = key.split("/")
-        log.error("model %s not loaded: %s", key, exc)
+        # a version still being copied is expected to be incomplete for a while: not an error yet
+        log.log(
+            logging.WARNING if exc.reason == INCOMPLETE else logging.ERROR,
+            "model %s not loaded: %s",
+            key,
+            exc,
+        )
         self.metrics.load_failures.labels(name, exc.reason).inc()
         self.metrics.load_failed.labels(name, version).set(1)
         if int(version) not in self.registry.versions(name):

@@ -269,6 +269,11 @@ def supervise(settings: Settings, count: int) -> int:
         directory = tempfile.mkdtemp(prefix="attnserve-metrics-")
         # before prometheus-client is imported, here or in a worker: it picks its storage on import
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    try:  # prometheus-client writes into it but does not make it
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error("PROMETHEUS_MULTIPROC_DIR %s: %s", directory, exc)
+        return 2
     for stale in Path(directory).glob("*.db"):  # an earlier run's values would be summed in
         stale.unlink()
     try:

@@ -53,7 +53,7 @@ def test_dockerfile_passes_hadolint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+@pytest.mark.parametrize("overlay", ["cpu", "gpu", "model-sync"])
 def test_overlay_renders_and_validates_strictly(overlay, tmp_path):
     objects = render(overlay)
     kinds = sorted(o["kind"] for o in objects)
@@ -124,6 +124,26 @@ def test_deployment_probes_security_and_drain_fit_the_server(tmp_path):
         o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "attnserve-grpc"
     )
     assert grpc_service["spec"]["clusterIP"] == "None", "headless, so clients balance per call"
+
+
+def test_model_sync_overlay_serves_a_synced_volume_by_polling(tmp_path):
+    """The sidecar pattern (docs/deploy.md): a native sidecar syncs into the models volume, the server
+    polls it with settings it accepts, and nothing of the base's one-time copy is left."""
+    deployment = next(o for o in render("model-sync") if o["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (sidecar,) = pod["initContainers"]
+    assert sidecar["name"] == "model-sync" and sidecar["restartPolicy"] == "Always"
+    assert sidecar["startupProbe"]["exec"]["command"] == ["test", "-f", "/tmp/synced"]
+    assert "touch /tmp/synced" in sidecar["args"][0]  # what the probe waits for is what the loop writes
+    assert {"name": "models", "mountPath": "/repository"} in sidecar["volumeMounts"]
+    server = next(c for c in pod["containers"] if c["name"] == "attnserve")
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in server["volumeMounts"]
+    environ = {e["name"]: e["value"] for e in server["env"]}
+    config_map = next(o for o in render("model-sync") if o["kind"] == "ConfigMap")
+    (tmp_path / "attnserve.toml").write_text(config_map["data"]["attnserve.toml"])
+    served = load_settings(argparse.Namespace(config=tmp_path / "attnserve.toml"), environ=environ)
+    assert (served.model_control, served.version_policy) == ("poll", "latest:1")
+    assert served.repository == Path("/models")
 
 
 def test_gpu_overlay_asks_for_a_gpu_node():

@@ -331,3 +331,26 @@ def test_unloading_gives_the_memory_back(tmp_path):
     assert all(mb - empty > size_mb for mb in loaded), (empty, loaded)
     assert all(mb - empty < size_mb / 3 for mb in unloaded), (empty, unloaded, size_mb)
     assert unloaded[-1] - unloaded[0] < size_mb / 10, unloaded
+
+
+def test_every_worker_swaps_and_one_scrape_says_so(demo_repository, tmp_path):
+    """Two worker processes, each polling the repository: after a new version both answer with it (over
+    several connections, which the kernel spreads over the workers), and the supervisor's /metrics
+    gives the version every worker serves."""
+    repository = repository_with(demo_repository, tmp_path, 1)
+    server = start_server(
+        repository,
+        tmp_path / "log",
+        *("--workers", "2", "--model-control", "poll", "--poll-interval-s", str(POLL_S)),
+        *("--version-policy", "latest:1"),
+        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")},
+    )
+    try:
+        add_version(demo_repository, repository, 2)
+        wait_for(lambda: metric(server, "attnserve_model_version_served") == 2, what="both workers on 2")
+        with VisionClient(server.target, connections=8) as client:
+            assert {client.classify([IMAGE], MODEL).version for _ in range(32)} == {2}
+        assert metric(server, "attnserve_model_unloads_total") == 2  # version 1, once in each worker
+        assert server.health(MODEL) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        assert server.stop() == 0
