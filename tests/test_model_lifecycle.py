@@ -17,7 +17,7 @@ from test_inference_v2 import jpeg
 from test_overload import metric
 from tritonclient.utils import InferenceServerException
 
-from attnserve.client import VisionClient
+from attnserve.client import ChannelSecurity, VisionClient
 from attnserve.export.cli import main as export_main
 from attnserve.manifest import MANIFEST_FILE, MODEL_CONFIG_FILE, MODEL_FILE
 from attnserve.models.scenes import classification_scene
@@ -283,6 +283,8 @@ def test_explicit_load_and_unload_through_tritonclient(demo_repository, tmp_path
 
 
 def test_loading_needs_the_admin_scope_or_is_refused(demo_repository, tmp_path):
+    """Without tokens, load and unload are refused (unless unauthenticated_admin); with tokens, an infer
+    token is refused and an admin token loads."""
     repository = repository_with(demo_repository, tmp_path, 1)
     server = start_server(repository, tmp_path / "log", "--model-control", "explicit")
     try:
@@ -293,6 +295,21 @@ def test_loading_needs_the_admin_scope_or_is_refused(demo_repository, tmp_path):
                 assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
                 assert "admin scope" in err.value.details()
             assert client.classify([IMAGE], MODEL).version == 1
+    finally:
+        assert server.stop() == 0
+    infer, admin = "infer-token-0123456789abcdef", "admin-token-0123456789abcdef"
+    (tmp_path / "tokens").write_text(f"{infer} infer\n{admin} admin,infer\n")
+    args = ("--model-control", "explicit", "--auth-tokens", str(tmp_path / "tokens"))
+    server = start_server(repository, tmp_path / "log2", *args)
+    try:
+        with VisionClient(server.target, security=ChannelSecurity(token=infer)) as client:
+            with pytest.raises(grpc.RpcError) as err:
+                client.unload_model(MODEL)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert client.classify([IMAGE], MODEL).version == 1
+        with VisionClient(server.target, security=ChannelSecurity(token=admin)) as client:
+            assert list(client.unload_model(MODEL).versions) == [1]
+            assert list(client.load_model(MODEL).versions) == [1]
     finally:
         assert server.stop() == 0
 

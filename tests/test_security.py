@@ -135,6 +135,12 @@ def test_scopes_separate_inference_from_administration(tls_server, pki):
         and err.value.message() == "this token may not make this call"
     )
     assert [m.name for m in triton.get_model_repository_index(headers=admin).models] == ["cbam_classifier"]
+    with pytest.raises(InferenceServerException) as err:
+        triton.unload_model("cbam_classifier", headers=infer)
+    assert "PERMISSION_DENIED" in err.value.status()
+    with pytest.raises(InferenceServerException) as err:  # let through, and refused by the mode
+        triton.unload_model("cbam_classifier", headers=admin)
+    assert "FAILED_PRECONDITION" in err.value.status() and "model_control is static" in err.value.message()
     # reflection tells a caller every service: administration
     channel = grpc.secure_channel(tls_server.target, grpc.ssl_channel_credentials(ca))
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
@@ -342,6 +348,8 @@ def test_every_method_has_a_scope_and_unknown_ones_need_administration():
         == INFER
     )
     assert scope_of("/inference.GRPCInferenceService/RepositoryModelLoad") == ADMIN
+    assert scope_of("/attnserve.v1.VisionService/LoadModel") == ADMIN
+    assert scope_of("/attnserve.v1.VisionService/UnloadModel") == ADMIN
     assert scope_of("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo") == ADMIN
     assert scope_of("/some.NewService/Method") == ADMIN
 
