@@ -106,6 +106,7 @@ class ModelLifecycle:
         self._failures: dict[str, _Failure] = {}  # NAME/VERSION → why it is not served
         self._left_out: dict[str, str] = {}  # NAME/VERSION that would load, but is not served: why
         self._configs: dict[str, Files] = {}  # each served model's config.toml, as applied
+        self._bad_configs: dict[str, Files] = {}  # config.toml files found invalid, as they were
         self._unloaded: set[str] = set()  # explicit: models unloaded by a call, until loaded again
         self._poller: asyncio.Task | None = None
         self._retiring: set[asyncio.Task] = set()
@@ -176,7 +177,8 @@ class ModelLifecycle:
         entries = []
         for key, reason in [*((k, f.message) for k, f in self._failures.items()), *self._left_out.items()]:
             name, version = key.split("/")
-            entries.append(RepositoryEntry(name, int(version), False, reason))
+            if int(version) not in self.registry.versions(name):  # not one whose new files fail
+                entries.append(RepositoryEntry(name, int(version), False, reason))
         return entries
 
     def check_mode(self, call: str) -> None:
@@ -213,12 +215,19 @@ class ModelLifecycle:
         try:
             policy = ModelSettings.load(self.settings, model_dir, CLASSIFICATION).versions
         except ValueError as exc:  # serve on as before; versions not served yet cannot load with it
+            report = self._bad_configs.get(name) != found.config  # once per change of the file
+            self._bad_configs[name] = found.config
+            if report and served:
+                log.error("model %s: %s; serving on with the settings it had", name, exc)
+                self.metrics.load_failures.labels(name, CONFIG).inc()
             for version, files in found.versions.items():
                 if version not in served:
-                    self._fail(f"{name}/{version}", files, found.config, LoadError(CONFIG, str(exc)))
+                    error = LoadError(CONFIG, str(exc))
+                    self._fail(f"{name}/{version}", files, found.config, error, report and not served)
             return
+        self._bad_configs.pop(name, None)
         if served and self._configs.get(name) != found.config:
-            served = await self._apply_config(name, model_dir, served, found.config)
+            served = self._apply_config(model_dir, served)
         kept: list[ServedModel] = []
         for version in policy.candidates(list(found.versions)):
             if policy.count is not None and len(kept) == policy.count:
@@ -263,19 +272,12 @@ class ModelLifecycle:
         if served_now:
             self.readiness.model_loaded(name)
 
-    async def _apply_config(
-        self, name: str, model_dir: Path, served: dict[int, ServedModel], config: Files
-    ) -> dict[int, ServedModel]:
-        """The served versions under the model's changed config.toml, sessions kept; on an invalid file
-        they serve on as they were."""
+    def _apply_config(self, model_dir: Path, served: dict[int, ServedModel]) -> dict[int, ServedModel]:
+        """The served versions under the model's changed config.toml, their sessions kept."""
         swapped = {}
         for version, old in served.items():
-            try:
-                settings = ModelSettings.load(self.settings, model_dir, old.manifest.task)
-            except ValueError as exc:
-                self._fail(old.key, old.files, config, LoadError(CONFIG, str(exc)))
-                swapped[version] = old
-                continue
+            # valid: the file was just read for the version policy (the task changes only a default)
+            settings = ModelSettings.load(self.settings, model_dir, old.manifest.task)
             new = old.with_settings(settings, self.metrics)
             self.registry.add(new)
             self._retire(old, "config.toml changed", gone=False)
@@ -318,9 +320,15 @@ class ModelLifecycle:
             log.warning("model %s: %s", key, warning)
         return served
 
-    def _fail(self, key: str, files: Files, config: Files, exc: LoadError) -> None:
+    def _fail(self, key: str, files: Files, config: Files, exc: LoadError, report: bool = True) -> None:
+        """Record why ``key`` is not served; ``report``: log and count it (once per change of its files)."""
         self._failures[key] = _Failure(files, config, exc.reason, str(exc))
         name, version = key.split("/")
+        self.metrics.load_failed.labels(name, version).set(1)
+        if int(version) not in self.registry.versions(name):
+            self.metrics.model_ready.labels(name, version).set(0)
+        if not report:
+            return
         # a version still being copied is expected to be incomplete for a while: not an error yet
         log.log(
             logging.WARNING if exc.reason == INCOMPLETE else logging.ERROR,
@@ -329,9 +337,6 @@ class ModelLifecycle:
             exc,
         )
         self.metrics.load_failures.labels(name, exc.reason).inc()
-        self.metrics.load_failed.labels(name, version).set(1)
-        if int(version) not in self.registry.versions(name):
-            self.metrics.model_ready.labels(name, version).set(0)
 
     def _retire(self, served: ServedModel, why: str, gone: bool = True) -> asyncio.Task:
         """Take ``served`` out of the registry now and release it once its calls are answered; ``gone``:
