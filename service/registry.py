@@ -42,7 +42,12 @@ def serve_model(
     model: OnnxModel, settings: ModelSettings, metrics: Metrics, files: tuple, decode_threads: int
 ) -> ServedModel:
     batcher = Batcher(
-        model, settings.max_batch_size, settings.max_queue_delay_ms / 1000, settings.max_queue_size, metrics
+        model,
+        settings.max_batch_size,
+        settings.max_queue_delay_ms / 1000,
+        settings.max_queue_size,
+        metrics,
+        settings.instance_count,
     )
     lane = Lane(decode_threads, f"decode-{model.manifest.name}-{model.manifest.version}")
     return ServedModel(model, settings, batcher, task_handler(model.manifest, settings), lane, files)

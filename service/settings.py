@@ -70,6 +70,13 @@ class Settings:
     max_batch_size: int = field(
         default=8, metadata={"help": "images per inference batch; 1 turns batching off"}
     )
+    instance_count: int = field(
+        default=1,
+        metadata={
+            "help": "inference batches run at once per model version, on its one session; more than 1 "
+            "helps when intra_op_threads leaves cores idle"
+        },
+    )
     max_queue_delay_ms: float = field(
         default=2.0, metadata={"help": "longest a batch waits for requests still being decoded to join it"}
     )
@@ -188,6 +195,7 @@ class Settings:
             raise ValueError(f"provider {self.provider!r} is not one of {', '.join(PROVIDERS)}")
         for name in (
             "max_batch_size",
+            "instance_count",
             "max_queue_size",
             "max_in_flight_images",
             "max_in_flight_mb",
@@ -253,6 +261,7 @@ class ModelSettings:
     default_score_threshold: float  # classification: labels below it left out; detection: boxes
     default_max_detections: int | None = None  # detection; None: every box above the threshold
     version_policy: str = "all"  # VersionPolicy's text
+    instance_count: int = 1
 
     @classmethod
     def load(cls, server: Settings, model_dir: Path, task: str) -> "ModelSettings":
@@ -265,6 +274,7 @@ class ModelSettings:
             server.default_top_k,
             server.default_detection_threshold if task == DETECTION else 0.0,
             version_policy=server.version_policy,
+            instance_count=server.instance_count,
         )
         path = model_dir / MODEL_CONFIG_FILE
         if not path.is_file():
@@ -295,6 +305,7 @@ class ModelSettings:
     def validate(self) -> "ModelSettings":
         names = (
             "max_batch_size",
+            "instance_count",
             "max_queue_size",
             "max_in_flight_images",
             "default_top_k",

@@ -163,6 +163,29 @@ def test_a_request_past_its_deadline_is_dropped_before_inference(demo_repository
     assert metrics.batch_size.labels("eca_classifier", "1")._sum.get() == 1, "only the live request ran"
 
 
+@pytest.mark.parametrize("instances", [1, 2])
+def test_instance_count_runs_that_many_batches_at_once(demo_repository, instances):
+    """Two full batches submitted together: with one instance the second waits out the first's
+    inference in the queue; with two it starts at once (its wait is the batcher's own bookkeeping,
+    microseconds, against the milliseconds of eight images' inference)."""
+    model = OnnxModel(demo_repository / "cbam_classifier" / "1", "cpu", 1, 1)
+    batcher = Batcher(model, 8, 0.0, 64, Metrics(), instances)
+    images = np.zeros((8, 3, 96, 96), np.float32)
+
+    async def run():
+        batcher.announce()
+        batcher.announce()
+        results = await asyncio.gather(*(batcher.submit(images, ["logits"], None) for _ in range(2)))
+        await batcher.close()
+        return results
+
+    first, second = sorted(asyncio.run(run()), key=lambda r: r.queue_seconds)
+    if instances == 1:
+        assert second.queue_seconds >= first.inference_seconds
+    else:
+        assert second.queue_seconds < first.inference_seconds / 4, (second, first)
+
+
 def test_metrics_pass_promtool_and_a_real_prometheus_answers_quantiles(server, tmp_path):
     promtool = shutil.which("promtool")
     assert promtool, "make test installs Debian's prometheus package (promtool, prometheus)"

@@ -51,7 +51,10 @@ class Batcher:
         max_queue_delay_s: float,
         max_queue_images: int,
         metrics: Metrics,
+        instances: int = 1,
     ) -> None:
+        """``instances``: batches run at once, each on its own thread, on the one session (ONNX
+        Runtime's runs are thread-safe); while all are busy, requests queue and join the next batch."""
         self.model = model
         self.max_batch_size = max_batch_size
         self.max_delay = max_queue_delay_s
@@ -65,7 +68,9 @@ class Batcher:
         self._queued_images = 0
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
-        self._executor = worker_pool(1, f"infer-{model.manifest.name}")
+        self._executor = worker_pool(instances, f"infer-{model.manifest.name}")
+        self._instances = asyncio.Semaphore(instances)
+        self._running: set[asyncio.Task] = set()
 
     def announce(self) -> None:
         """A request for this model is being prepared: a batch may wait for it."""
@@ -100,10 +105,11 @@ class Batcher:
     async def close(self) -> None:
         """Stop the batching task (and with it the last reference to the model it holds, so that a
         retired version's memory can be released right after)."""
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        for task in [self._worker, *self._running]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._executor.shutdown(wait=False)
 
     def _set_depth(self, change: int) -> None:
@@ -115,10 +121,20 @@ class Batcher:
             if not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
+            # an instance first, then the batch: what queues while every instance is busy joins it
+            await self._instances.acquire()
             jobs = await self._collect()
             jobs = [j for j in jobs if self._still_wanted(j)]
-            if jobs:
-                await self._infer(jobs)
+            if not jobs:
+                self._instances.release()
+                continue
+            task = asyncio.create_task(self._infer(jobs))
+            self._running.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._instances.release()
 
     async def _collect(self) -> list[_Job]:
         """The first job, and whatever joins it within max_delay, up to max_batch_size images."""
