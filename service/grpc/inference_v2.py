@@ -7,29 +7,26 @@ ModelInfer takes the model's input as an FP32 tensor ([N, 3, H, W] in [0, 1], RG
 fitted server-side by the model's manifest. Only the outputs the request names are computed (all of
 them when it names none), and they come back in ``raw_output_contents``. A requested output with the
 ``classification`` parameter (k) comes back as BYTES "score:index:label" strings, best first. The
-tensors' wire formats are service/grpc/v2_tensors.py's.
+tensors' formats are service/open_inference.py's, shared with the HTTP front-end.
 """
 
 from collections.abc import AsyncIterator
 
 import grpc
-import numpy as np
 
 from attnserve.api.inference.v2 import grpc_predict_v2_pb2 as pb
 from attnserve.api.inference.v2 import grpc_predict_v2_pb2_grpc
 from attnserve.service.dataplane import DataPlane
 from attnserve.service.errors import ServiceError, invalid
 from attnserve.service.grpc.calls import observed, outcome
-from attnserve.service.grpc.v2_tensors import (
-    DATATYPES,
-    bytes_elements,
-    classification_strings,
-    fp32_tensor,
-    serialize_bytes,
+from attnserve.service.metrics import Metrics
+from attnserve.service.open_inference import (
+    InputTensor,
+    OutputRequest,
+    infer_request,
+    output_tensors,
     version_number,
 )
-from attnserve.service.messages import ImageInput, InferRequest
-from attnserve.service.metrics import Metrics
 
 PLATFORM = "onnxruntime_onnx"
 
@@ -162,42 +159,35 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
         if len(request.inputs) != 1:
             raise invalid(f"models here take exactly one input; the request has {len(request.inputs)}")
         tensor_in = request.inputs[0]
-        raw = request.raw_input_contents[0] if request.raw_input_contents else None
-        infer = InferRequest(
-            request.model_name,
-            version_number(request.model_version),
+        contents = tensor_in.contents
+        tensor = InputTensor(
             tensor_in.name,
-            [o.name for o in request.outputs],
-            deadline=deadline,
+            tensor_in.datatype,
+            list(tensor_in.shape),
+            request.raw_input_contents[0] if request.raw_input_contents else None,
+            contents.bytes_contents if tensor_in.datatype == "BYTES" else contents.fp32_contents,
         )
-        if tensor_in.datatype == "BYTES":
-            elements = bytes_elements(tensor_in, raw, self.dataplane.settings.max_images_per_request)
-            infer.images = [ImageInput(encoded=data) for data in elements]
-        elif tensor_in.datatype == "FP32":
-            infer.tensor = fp32_tensor(tensor_in, raw)
-        else:
-            raise invalid(
-                f"input {tensor_in.name!r} has datatype {tensor_in.datatype}; send FP32 [N, 3, H, W] pixels "
-                "in [0, 1] or BYTES [N] encoded images"
-            )
-        result = await self.dataplane.infer(infer)
-        manifest = result.manifest
-        response = pb.ModelInferResponse(
-            model_name=manifest.name, model_version=str(manifest.version), id=request.id
-        )
-        requested = request.outputs or [
-            pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in manifest.output_names()
+        outputs = [
+            OutputRequest(o.name, o.parameters["classification"].int64_param)
+            if "classification" in o.parameters
+            else OutputRequest(o.name)
+            for o in request.outputs
         ]
-        for output in requested:
-            value = result.outputs[output.name]
-            top = output.parameters.get("classification")
-            if top is not None:
-                value = classification_strings(value, top.int64_param, manifest, output.name)
-                datatype, data = "BYTES", serialize_bytes(value)
-            else:
-                datatype, data = DATATYPES[value.dtype], np.ascontiguousarray(value).tobytes()
-            response.outputs.add(name=output.name, datatype=datatype, shape=list(value.shape))
-            response.raw_output_contents.append(data)
+        infer = infer_request(
+            request.model_name,
+            request.model_version,
+            tensor,
+            outputs,
+            deadline,
+            self.dataplane.settings.max_images_per_request,
+        )
+        result = await self.dataplane.infer(infer)
+        response = pb.ModelInferResponse(
+            model_name=result.manifest.name, model_version=str(result.manifest.version), id=request.id
+        )
+        for out in output_tensors(result, outputs):
+            response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+            response.raw_output_contents.append(out.raw())
         return response
 
 
