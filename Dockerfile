@@ -59,5 +59,5 @@ ENV PATH=/opt/attnserve/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     ATTNSERVE_REPOSITORY=/models
 # gRPC (vision API, Open Inference Protocol, health, reflection) and Prometheus metrics
-EXPOSE 50051 9464
+EXPOSE 50051 8000 9464
 ENTRYPOINT ["attnserve", "serve"]

@@ -47,7 +47,8 @@ test-latest: prometheus
 MODEL_REPOSITORY ?= model_repository
 
 # Export the demo models into the repository (those already there are left alone), then serve it:
-# gRPC on :50051, Prometheus metrics on :9464 (attnserve serve --help for every setting).
+# gRPC on :50051, the Open Inference Protocol over HTTP on :8000, Prometheus metrics on :9464
+# (attnserve serve --help for every setting).
 run: install
 	$(VENV)/bin/attnserve export --demo --skip-existing --repository $(MODEL_REPOSITORY)
 	$(VENV)/bin/attnserve serve --repository $(MODEL_REPOSITORY)

@@ -14,7 +14,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from attnserve.client import ChannelSecurity
 
-READY = re.compile(r"gRPC(?: \(TLS\))? on [\d.]+:(\d+), metrics on https?://[\d.]+:(\d+)/metrics")
+READY = re.compile(
+    r"gRPC(?: \(TLS\))? on [\d.]+:(\d+), metrics on https?://[\d.]+:(\d+)/metrics"
+    r"(?:, HTTP(?: \(TLS\))? on [\d.]+:(\d+))?"
+)
 
 
 @dataclass
@@ -24,6 +27,7 @@ class ServerProcess:
     metrics_port: int
     log_path: Path
     security: ChannelSecurity = field(default_factory=ChannelSecurity)  # how to reach it
+    http_port: int | None = None  # None: HTTP off
 
     @property
     def target(self) -> str:
@@ -81,6 +85,8 @@ def start_server(
         "127.0.0.1",
         "--metrics-port",
         "0",
+        "--http-port",
+        "0",
         "--intra-op-threads",
         "1",
         "--workers",
@@ -98,7 +104,8 @@ def start_server(
         match = READY.search(log_path.read_text())
         if match:
             ports = int(match.group(1)), int(match.group(2))
-            server = ServerProcess(process, *ports, log_path, security or ChannelSecurity())
+            http_port = int(match.group(3)) if match.group(3) else None
+            server = ServerProcess(process, *ports, log_path, security or ChannelSecurity(), http_port)
             try:
                 if server.health() == health_pb2.HealthCheckResponse.SERVING or not until_serving:
                     return server

@@ -47,6 +47,18 @@ def scope_of(method: str) -> str | None:
     return INFER
 
 
+def http_scope_of(path: str) -> str | None:
+    """The scope an HTTP path needs (service/http/rest.py), as for the same calls over gRPC: health none,
+    the repository admin, inference and metadata infer, anything else admin."""
+    if path.startswith("/v2/health/"):
+        return None
+    if path.startswith("/v2/repository/"):
+        return ADMIN
+    if path in ("/v2", "/v2/") or path.startswith("/v2/models/"):
+        return INFER
+    return ADMIN
+
+
 def read_tokens(path: Path) -> dict[bytes, frozenset[str]]:
     """Token digest → scopes; ValueError naming the line (never the token) when the file is wrong."""
     tokens: dict[bytes, frozenset[str]] = {}
@@ -127,15 +139,23 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if needed is None or handler is None:
             return handler
-        token = bearer_token(details.invocation_metadata)
-        scopes = self.tokens.scopes(token) if token else None
-        if scopes is None:
-            self.on_refused("unauthenticated")
-            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
-        if needed not in scopes:
-            self.on_refused("permission_denied")
-            return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED, "this token may not make this call")
-        return handler
+        refused = refusal(self.tokens, bearer_token(details.invocation_metadata), needed)
+        if refused is None:
+            return handler
+        code, message, reason = refused
+        self.on_refused(reason)
+        return _refusal(handler, code, message)
+
+
+def refusal(tokens: TokenFile, token: str | None, needed: str) -> tuple[grpc.StatusCode, str, str] | None:
+    """None when ``token`` has the ``needed`` scope; else the status, the message (nothing more is said)
+    and the reason the refusal is counted under."""
+    scopes = tokens.scopes(token) if token else None
+    if scopes is None:
+        return grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required", "unauthenticated"
+    if needed not in scopes:
+        return grpc.StatusCode.PERMISSION_DENIED, "this token may not make this call", "permission_denied"
+    return None
 
 
 def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:

@@ -12,9 +12,12 @@ import socket
 import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from attnserve.service.tls import server_context
 
 THREADS = 4
 QUEUED = 64  # connections accepted and waiting for a thread; beyond that, closed at once
@@ -64,13 +67,7 @@ def start(
 ) -> MetricsServer:
     """Serve ``registry`` on ``host:port`` (HTTPS with ``cert`` and ``key``; only to clients with a
     certificate from ``client_ca`` when given), on a thread of its own; ``.server_port`` is the port."""
-    tls = None
-    if cert:
-        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        tls.load_cert_chain(cert, key)
-        if client_ca:
-            tls.load_verify_locations(cafile=client_ca)
-            tls.verify_mode = ssl.CERT_REQUIRED
+    tls = server_context(Path(cert), Path(key), Path(client_ca) if client_ca else None) if cert else None
     server = MetricsServer((host, port), tls)
     server.set_app(make_wsgi_app(registry))
     threading.Thread(target=server.serve_forever, name="metrics-accept", daemon=True).start()

@@ -9,7 +9,8 @@ the calls the server has, gRPC's backlog included, get ``grace_period_s`` to fin
 in its last fifth) before the port closes and the process exits 0.
 
 Around the APIs: TLS (service/tls.py), token authentication (service/auth.py), a plaintext health-only
-port for probes (service/health.py), and /metrics (service/metrics_http.py).
+port for probes (service/health.py), /metrics (service/metrics_http.py), and the Open Inference
+Protocol over HTTP (service/http/rest.py) on its own port, on the same event loop and data plane.
 
 With ``link`` the process is one of several workers sharing the port (service/supervisor.py): the
 supervisor then serves /metrics and the probe port for all of them, and tells each worker what health
@@ -25,6 +26,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -44,6 +46,7 @@ from attnserve.service.health import (
     services_of,
     status,
 )
+from attnserve.service.http import rest
 from attnserve.service.metrics import Metrics
 from attnserve.service.metrics_http import MetricsServer
 from attnserve.service.readiness import Readiness
@@ -140,10 +143,19 @@ async def serve(settings: Settings, link: WorkerLink | None = None) -> int:
     if link is None:
         metrics_server = metrics.serve(settings)
     await server.start()
+    http_runner = None
+    if settings.http_port >= 0:
+        try:
+            http_runner = await _start_http(dataplane, metrics, settings, certificates, tokens, link)
+        except OSError as exc:
+            log.error("cannot serve HTTP on %s:%d: %s", settings.host, settings.http_port, exc)
+            await server.stop(0)
+            _close(probes, metrics_server)
+            return 2
     if metrics_server is not None:
         log.info(
             "%s; loading models from %s",
-            listening(settings, port, metrics_server.server_port),
+            listening(settings, port, metrics_server.server_port, _port_of(http_runner)),
             settings.repository,
         )
     else:
@@ -219,6 +231,8 @@ async def serve(settings: Settings, link: WorkerLink | None = None) -> int:
             "%d calls still in flight after %.1f s; cancelling them", readiness.calls_in_flight, grace
         )
     await server.stop(max(0.0, drained_at - loop.time()))
+    if http_runner is not None:
+        await http_runner.cleanup()
     await lifecycle.stop()
     for served in registry.all():
         await served.batcher.close()
@@ -226,6 +240,34 @@ async def serve(settings: Settings, link: WorkerLink | None = None) -> int:
     _close(probes, metrics_server)
     log.info("stopped")
     return 0
+
+
+async def _start_http(
+    dataplane: DataPlane,
+    metrics: Metrics,
+    settings: Settings,
+    certificates: tls.CertificateFiles | None,
+    tokens: auth.TokenFile | None,
+    link: WorkerLink | None,
+) -> web.AppRunner:
+    """The Open Inference Protocol over HTTP (service/http/rest.py) on the gRPC server's loop, with its
+    TLS and tokens; a worker shares the port its supervisor holds."""
+    runner = web.AppRunner(rest.app(dataplane, metrics, version("attnserve"), tokens), access_log=None)
+    await runner.setup()
+    ssl_context = certificates.ssl_context() if certificates is not None else None
+    site = web.TCPSite(
+        runner, settings.host, settings.http_port, ssl_context=ssl_context, reuse_port=link is not None
+    )
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+def _port_of(runner: web.AppRunner | None) -> int | None:
+    return runner.addresses[0][1] if runner is not None else None
 
 
 def _close(probes: ProbePort | None, metrics_server: MetricsServer | None) -> None:

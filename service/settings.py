@@ -49,6 +49,12 @@ class Settings:
     )
     host: str = field(default="0.0.0.0", metadata={"help": "address the gRPC server binds"})
     port: int = field(default=50051, metadata={"help": "gRPC port (0: any free port)"})
+    http_port: int = field(
+        default=8000,
+        metadata={
+            "help": "the Open Inference Protocol over HTTP/REST, on the gRPC host (0: any free port); -1: off"
+        },
+    )
     metrics_host: str = field(default="0.0.0.0", metadata={"help": "address the metrics server binds"})
     metrics_port: int = field(default=9464, metadata={"help": "Prometheus metrics port (0: any free port)"})
     provider: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu or cuda"})
@@ -240,6 +246,8 @@ class Settings:
         for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens", "model_digests"):
             if getattr(self, name) and not Path(getattr(self, name)).is_file():
                 raise ValueError(f"{name} {getattr(self, name)} is not a file")
+        if self.http_port < -1:
+            raise ValueError(f"http_port must be -1 (off), 0 (any free port) or a port, not {self.http_port}")
         if self.health_port < -1:
             raise ValueError(
                 f"health_port must be -1 (none), 0 (any free port) or a port, not {self.health_port}"
@@ -372,13 +380,14 @@ class VersionPolicy:
         return f"specific:{','.join(map(str, self.specific))}" if self.specific else "all"
 
 
-def listening(settings: Settings, port: int, metrics_port: int) -> str:
+def listening(settings: Settings, port: int, metrics_port: int, http_port: int | None) -> str:
     """What the server logs once its ports are open (bench/harness.py waits for it), from one process
-    or from the supervisor of several."""
+    or from the supervisor of several; ``http_port`` None: HTTP off."""
     tls, metrics_tls = " (TLS)" if settings.tls_cert else "", "s" if settings.metrics_tls else ""
+    http = f", HTTP{tls} on {settings.host}:{http_port}" if http_port is not None else ""
     return (
         f"gRPC{tls} on {settings.host}:{port}, "
-        f"metrics on http{metrics_tls}://{settings.metrics_host}:{metrics_port}/metrics"
+        f"metrics on http{metrics_tls}://{settings.metrics_host}:{metrics_port}/metrics{http}"
     )
 
 

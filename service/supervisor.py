@@ -104,8 +104,15 @@ class Supervisor:
         self._context = multiprocessing.get_context("spawn")
         self._reserved = _reserve_port(settings.host, settings.port)
         self.port = self._reserved.getsockname()[1]
+        self.http_port = None  # the HTTP port, held the same way
+        if settings.http_port >= 0:
+            self._reserved_http = _reserve_port(settings.host, settings.http_port)
+            self.http_port = self._reserved_http.getsockname()[1]
         self._worker_settings = dataclasses.replace(
-            worker_settings(settings, count), port=self.port, health_port=-1
+            worker_settings(settings, count),
+            port=self.port,
+            http_port=self.http_port if self.http_port is not None else -1,
+            health_port=-1,
         )
         self.probes = ProbePort(settings.host, settings.health_port) if settings.health_port >= 0 else None
         self.health: dict[str, bool] = {}  # the whole server's, as told to the workers
@@ -128,7 +135,7 @@ class Supervisor:
                     announced = True
                     log.info(
                         "%s; %d workers loading models from %s",
-                        listening(self.settings, self.port, metrics_server.server_port),
+                        listening(self.settings, self.port, metrics_server.server_port, self.http_port),
                         self.count,
                         self.settings.repository,
                     )

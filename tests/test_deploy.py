@@ -66,6 +66,7 @@ def test_overlay_renders_and_validates_strictly(overlay, tmp_path):
             "PodDisruptionBudget",
             "Service",
             "Service",
+            "Service",
             "ServiceMonitor",
         ]
     )

@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -160,6 +161,34 @@ def test_scopes_separate_inference_from_administration(tls_server, pki):
         with pytest.raises(grpc.RpcError) as err:  # that port serves health and nothing else
             VisionClient(f"127.0.0.1:{tls_server.health_port}", timeout=5).list_models()
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def https(server, pki: Path, path: str, token: str | None = None, body: bytes | None = None) -> int:
+    """The status of an HTTPS request to the server's HTTP port, trusting the test's CA."""
+    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"https://127.0.0.1:{server.http_port}{path}", body, headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_http_takes_the_same_tls_and_tokens(tls_server, pki):
+    """The HTTP port serves TLS with the gRPC port's certificate and checks the same tokens and scopes:
+    health open, metadata and inference for infer, the repository for admin."""
+    assert https(tls_server, pki, "/v2/health/ready") == 200
+    assert https(tls_server, pki, "/v2/models/cbam_classifier") == 401
+    assert https(tls_server, pki, "/v2/models/cbam_classifier", "wrong-token-0123456789abcdef") == 401
+    assert https(tls_server, pki, "/v2/models/cbam_classifier", INFER_TOKEN) == 200
+    assert https(tls_server, pki, "/v2/repository/index", INFER_TOKEN, b"{}") == 403
+    assert https(tls_server, pki, "/v2/repository/index", ADMIN_TOKEN, b"{}") == 200
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plaintext is not served
+        urllib.request.urlopen(f"http://127.0.0.1:{tls_server.http_port}/v2/health/ready", timeout=10)
+    rogue = ssl.create_default_context(cafile=str(pki / "rogue_ca.pem"))
+    with pytest.raises(urllib.error.URLError):  # nor to a client that does not trust the certificate
+        urllib.request.urlopen(f"https://127.0.0.1:{tls_server.http_port}/v2/health/ready", context=rogue)
 
 
 def test_metrics_over_https_count_the_refusals(tls_server, pki):

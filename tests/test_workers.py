@@ -140,6 +140,19 @@ def test_calls_reach_every_worker_and_metrics_sum_them(workers, tmp_path):
     assert float(total[0]["value"][1]) == float(histogram[0]["value"][1]) == 3 * CONNECTIONS
 
 
+def test_the_http_port_is_shared_by_every_worker(workers):
+    """The supervisor holds the HTTP port as it holds the gRPC one; each request on a new connection
+    goes to a worker the kernel picks, and both answer."""
+    before = requests_by_process(workers.metrics_dir)
+    url = f"http://127.0.0.1:{workers.http_port}/v2/models/cbam_classifier"
+    for _ in range(4 * CONNECTIONS):  # a connection each (urllib does not keep them)
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200
+    after = requests_by_process(workers.metrics_dir)
+    answered = {pid for pid in after if after[pid] > before.get(pid, 0)}
+    assert answered == set(worker_pids(workers)), (before, after)
+
+
 def test_a_killed_worker_is_started_again_and_health_waits_for_it(workers):
     port = probe_port(workers)
     assert probe(port) == SERVING

@@ -1,20 +1,16 @@
-"""What every RPC of every front-end does around its work: deadline, in-flight gauge, request counter
-and latency histogram, and turning errors into status codes (no stack traces to clients)."""
+"""Every RPC's frame (service/calls.py) with the gRPC call's deadline, and a failure turned into the
+call's status."""
 
-import asyncio
-import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
 
+from attnserve.service import calls
 from attnserve.service.dataplane import DataPlane
-from attnserve.service.errors import ServiceError
 from attnserve.service.metrics import Metrics
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -42,28 +38,6 @@ async def outcome(
     work: Callable[[float | None], Awaitable[T]],
 ) -> tuple[grpc.StatusCode | None, object]:
     """(None, result) or (status code, message), with the metrics recorded either way."""
-    label = model if dataplane.is_served(model) else "unknown"  # clients cannot grow the label set
     remaining = context.time_remaining()
     deadline = time.monotonic() + remaining if remaining is not None else None
-    started = time.perf_counter()
-    metrics.in_flight.labels(method).inc()
-    dataplane.readiness.call_started()
-    code: grpc.StatusCode = grpc.StatusCode.OK
-    try:
-        return None, await work(deadline)
-    except ServiceError as exc:
-        code = exc.code
-        return code, exc.message
-    except asyncio.CancelledError:
-        code = grpc.StatusCode.CANCELLED
-        raise
-    except Exception:
-        request_id = uuid.uuid4().hex[:16]
-        log.exception("internal error in %s (request id %s)", method, request_id)
-        code = grpc.StatusCode.INTERNAL
-        return code, f"internal error (request id {request_id}; see the server log)"
-    finally:
-        dataplane.readiness.call_ended()
-        metrics.in_flight.labels(method).dec()
-        metrics.requests.labels(label, method, code.name).inc()
-        metrics.request_seconds.labels(label, method).observe(time.perf_counter() - started)
+    return await calls.outcome(metrics, dataplane, method, model, deadline, work)

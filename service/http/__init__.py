@@ -1,0 +1,1 @@
+"""The HTTP front-end: the Open Inference Protocol over REST (rest.py)."""
