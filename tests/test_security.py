@@ -269,7 +269,8 @@ def test_mutual_tls_serves_only_clients_with_a_certificate_from_its_ca(mtls_serv
 
 
 def served_certificate(port: int) -> str:
-    """The SHA-256 of the certificate a new TLS connection is shown (ALPN h2, as gRPC clients ask)."""
+    """The SHA-256 of the certificate a new TLS connection is shown (offering ALPN h2, as gRPC clients
+    do; the HTTP port picks none)."""
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     context.set_alpn_protocols(["h2"])
@@ -298,16 +299,18 @@ def test_certificates_and_tokens_rotate_without_a_restart(pki, repository, tmp_p
         str(live / "tokens"),
         security=ChannelSecurity(ca=pki / "ca.pem"),
     )
+    ports = (server.port, server.http_port)  # gRPC, and HTTP with the same files
     try:
-        assert served_certificate(server.port) == fingerprint(pki / "server.pem")
+        assert [served_certificate(p) for p in ports] == [fingerprint(pki / "server.pem")] * 2
         # a broken rotation (a key that does not match) keeps the old pair, logged
         shutil.copy(pki / "client.key", live / "server.key")
-        assert served_certificate(server.port) == fingerprint(pki / "server.pem")
+        assert [served_certificate(p) for p in ports] == [fingerprint(pki / "server.pem")] * 2
         assert "TLS certificate not reloaded, the previous one is kept" in server.log()
+        assert "TLS certificate not reloaded for HTTP, the previous one is kept" in server.log()
         # the new pair, written as cert-manager would: served to the next connection
         shutil.copy(pki / "server2.pem", live / "server.pem")
         shutil.copy(pki / "server2.key", live / "server.key")
-        assert served_certificate(server.port) == fingerprint(pki / "server2.pem")
+        assert [served_certificate(p) for p in ports] == [fingerprint(pki / "server2.pem")] * 2
         with VisionClient(server.target, timeout=10, security=secured(pki)) as client:
             assert client.list_models().models
             new_token = "rotated-token-0123456789abcdef"
