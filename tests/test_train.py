@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from attnserve.demo.metrics import boxes_mask
-from attnserve.demo.train import attention_guidance_loss, fcos_targets, load_matching_weights, train
+from attnserve.demo.train import (
+    BRIGHTNESS_SHIFT,
+    COLOUR_GAIN,
+    NOISE_SIGMA,
+    attention_guidance_loss,
+    fcos_targets,
+    load_matching_weights,
+    photometric_batch,
+    train,
+)
 from attnserve.models.scenes import CLASS_NAMES
 from attnserve.models.zoo import build_model, load_checkpoint, save_checkpoint
 
@@ -100,9 +109,10 @@ def test_fcos_assigns_each_location_to_the_smallest_box_on_the_level_of_its_reac
     assert t["cls"][1, cell].tolist() == [0, 1, 0]
 
 
-@pytest.mark.parametrize("resolutions", [None, (48, 80)])
-def test_training_is_reproducible(tmp_path, resolutions):
+@pytest.mark.parametrize("resolutions, photometric", [(None, False), ((48, 80), True)])
+def test_training_is_reproducible(tmp_path, resolutions, photometric):
     kwargs = {
+        "photometric": photometric,
         "steps": 5,
         "batch": 8,
         "train_size": 64,
@@ -114,6 +124,20 @@ def test_training_is_reproducible(tmp_path, resolutions):
     a = train("a", TINY_CLASSIFIER, out=tmp_path / "a.pt", **kwargs)["losses"]
     b = train("b", TINY_CLASSIFIER, out=tmp_path / "b.pt", **kwargs)["losses"]
     assert a == b
+
+
+def test_photometric_augmentation_adds_noise_and_casts_within_its_bounds():
+    images = np.full((256, 8, 8, 3), 128, np.uint8)
+    out = photometric_batch(images, np.random.default_rng(0))
+    assert out.shape == images.shape and out.dtype == np.uint8
+    changed = (out != images).reshape(256, -1).any(axis=1)
+    # each of noise and cast with even odds: about a quarter of the images keep every pixel
+    assert 0.1 < 1 - changed.mean() < 0.4
+    means = out.reshape(256, -1, 3).mean(axis=1)
+    bound = 128 * (1 + COLOUR_GAIN) + BRIGHTNESS_SHIFT + 3 * NOISE_SIGMA / 8  # noise averages out over 64 px
+    assert (
+        means.max() < bound and means.min() > 128 * (1 - COLOUR_GAIN) - BRIGHTNESS_SHIFT - 3 * NOISE_SIGMA / 8
+    )
 
 
 def test_init_copies_the_weights_another_architecture_shares(tmp_path):
