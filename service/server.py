@@ -186,6 +186,8 @@ async def serve(settings: Settings, link: WorkerLink | None = None) -> int:
     if loading.done() and loading.exception() is not None:
         log.error("could not load the model repository: %s", loading.exception())
         await server.stop(0)
+        if http_runner is not None:
+            await http_runner.cleanup()
         _close(probes, metrics_server)
         return 1
     if loading.done() and not stop.is_set():
