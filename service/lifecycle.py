@@ -84,6 +84,11 @@ class _Failure:
     message: str
 
 
+def _of_model(keys: dict[str, object], name: str) -> list[str]:
+    """The NAME/VERSION keys of model ``name`` (a list: the caller may delete them)."""
+    return [key for key in keys if key.split("/")[0] == name]
+
+
 def _read_model(model_dir: Path) -> _Model:
     try:
         versions = {v: files_of(model_dir / str(v)) for v in version_numbers(model_dir)}
@@ -141,17 +146,17 @@ class ModelLifecycle:
                     await self._reconcile_model(name)
 
     async def load(self, name: str) -> list[int]:
-        """Explicit mode: (re)load ``name`` from the repository, failed versions tried again."""
-        self.check_mode("load")
+        """Explicit mode (the data plane checks it, and the caller): (re)load ``name`` from the
+        repository, failed versions tried again."""
         if name not in await asyncio.to_thread(self._names_on_disk):
             raise not_found(f"model {name!r} is not in the repository {self.repository}")
         self._unloaded.discard(name)
-        for key in [k for k in self._failures if k.split("/")[0] == name]:
+        for key in _of_model(self._failures, name):
             del self._failures[key]
         await self.reconcile(name)
         versions = self.registry.versions(name)
         if not versions:
-            why = "; ".join(f.message for k, f in self._failures.items() if k.split("/")[0] == name)
+            why = "; ".join(self._failures[key].message for key in _of_model(self._failures, name))
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"model {name!r}: no version could be loaded ({why or 'it has no version folder'})",
@@ -160,7 +165,6 @@ class ModelLifecycle:
 
     async def unload(self, name: str) -> list[int]:
         """Explicit mode: stop serving ``name``; returns once the calls it had are answered."""
-        self.check_mode("unload")
         async with self._lock:
             served = self.registry.served(name)
             if not served:
@@ -257,12 +261,12 @@ class ModelLifecycle:
             ):
                 self._retire(served_model, "left out by version_policy or removed from the repository")
         self._configs[name] = found.config
-        for key in [k for k in self._failures if k.split("/")[0] == name]:
+        for key in _of_model(self._failures, name):
             if int(key.split("/")[1]) not in found.versions:
                 del self._failures[key]
                 self.metrics.load_failed.labels(*key.split("/")).set(0)
         served_now = self.registry.versions(name)
-        for key in [k for k in self._left_out if k.split("/")[0] == name]:
+        for key in _of_model(self._left_out, name):
             del self._left_out[key]
         for version in found.versions:
             key = f"{name}/{version}"

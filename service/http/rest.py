@@ -157,13 +157,12 @@ class Rest:
                 self.dataplane.settings.max_images_per_request,
             )
             result = await self.dataplane.infer(infer)
-            all_binary = bool(_parameters(header).get("binary_data_output", False))
-            binary_names = {o["name"] for o in wanted if _parameters(o).get("binary_data")} | (
-                {o.name for o in output_tensors(result, outputs)} if all_binary else set()
-            )
-            return _infer_response(
-                result.manifest, header.get("id"), output_tensors(result, outputs), binary_names
-            )
+            tensors = output_tensors(result, outputs)
+            if _parameters(header).get("binary_data_output", False):
+                binary_names = {t.name for t in tensors}
+            else:
+                binary_names = {o["name"] for o in wanted if _parameters(o).get("binary_data")}
+            return _infer_response(result.manifest, header.get("id"), tensors, binary_names)
 
         return await self._call("ModelInfer", request, work)
 
