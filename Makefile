@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-latest lock lint format train evaluate clean protos prometheus bench bench-quick soak fuzz
+.PHONY: install run test test-latest lock lint format train evaluate clean protos prometheus chromium bench \
+	bench-quick soak fuzz
 
 install: $(STAMP)
 
@@ -36,7 +37,7 @@ lock: install
 # The suite against the newest releases pyproject.toml allows (no lock), in its own venv: run it now and
 # then to see an upstream release break us before users do. Lint stays with the locked ruff.
 LATEST := .venv-latest
-test-latest: prometheus
+test-latest: prometheus chromium
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet --upgrade pip
@@ -47,20 +48,27 @@ test-latest: prometheus
 MODEL_REPOSITORY ?= model_repository
 
 # Export the demo models into the repository (those already there are left alone), then serve it:
-# gRPC on :50051, the Open Inference Protocol over HTTP on :8000, Prometheus metrics on :9464
+# gRPC on :50051; HTTP on :8000 (the explorer page at http://localhost:8000/, the Open Inference
+# Protocol's REST API and the vision API in JSON); Prometheus metrics on :9464
 # (attnserve serve --help for every setting).
 run: install
 	$(VENV)/bin/attnserve export --demo --skip-existing --repository $(MODEL_REPOSITORY)
 	$(VENV)/bin/attnserve serve --repository $(MODEL_REPOSITORY)
 
-# The metrics tests run Debian's Prometheus and promtool on loopback; installed here when missing.
-test: lint prometheus
+# The metrics tests run Debian's Prometheus and promtool on loopback, the explorer page's test Debian's
+# headless Chromium through its ChromeDriver; each installed here when missing.
+test: lint prometheus chromium
 	$(PY) -m pytest
 
 prometheus:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 		apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
 		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -133,7 +141,7 @@ evaluate: install
 	$(PY) -m attnserve.demo.evaluate --write docs/models.md
 
 clean:
-	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache *.egg-info test-artifacts
 
 PROTOS := protos/attnserve/api/v1/vision.proto protos/attnserve/api/inference/v2/grpc_predict_v2.proto
 

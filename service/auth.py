@@ -35,6 +35,7 @@ ADMIN_METHODS = {
     "/attnserve.v1.VisionService/UnloadModel",
 }
 INFER_SERVICES = ("attnserve.v1.VisionService", "inference.GRPCInferenceService")
+EXPLORER_PREFIX = "/explorer/"  # the page's files (service/http/explorer/)
 
 
 def scope_of(method: str) -> str | None:
@@ -48,13 +49,14 @@ def scope_of(method: str) -> str | None:
 
 
 def http_scope_of(path: str) -> str | None:
-    """The scope an HTTP path needs (service/http/rest.py), as for the same calls over gRPC: health none,
-    the repository admin, inference and metadata infer, anything else admin."""
-    if path.startswith("/v2/health/"):
+    """The scope an HTTP path needs (service/http/app.py), as for the same calls over gRPC: health none,
+    the repository admin, inference and metadata (both APIs) infer; the explorer page none (it holds no
+    data: its calls to the API carry the token its user gives); anything else admin."""
+    if path.startswith("/v2/health/") or path == "/" or path.startswith(EXPLORER_PREFIX):
         return None
     if path.startswith("/v2/repository/"):
         return ADMIN
-    if path in ("/v2", "/v2/") or path.startswith("/v2/models/"):
+    if path in ("/v2", "/v2/") or path.startswith(("/v2/models/", "/v1/models")):
         return INFER
     return ADMIN
 

@@ -50,12 +50,17 @@ from attnserve.service.stages.postprocess import TaskHandler, check_task
 
 DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(float16)": "FP16"}
 T = TypeVar("T")
+R = TypeVar("R")
 # A request of at most this many images and no maps is postprocessed on the event loop: top-k or the
 # boxes above a threshold take well under a millisecond per image (0.4 ms for a detector's 100 boxes
 # at threshold 0, 14 µs for a classifier), less than a hop to a thread and back. Larger requests, and
 # any with maps (resampling, PNG: milliseconds to tens of them), are finished on the model's lane: a
 # detector's 64 images took 27 ms, a stall of the loop and of every health check behind it.
 INLINE_POSTPROCESS_IMAGES = 4
+# An Open Inference Protocol reply of more output values than this is built on the model's lane: as
+# JSON numbers (HTTP) each costs about 0.8 µs (json.dumps of a list: 83 ms for 100 000), so a large
+# request would stall the loop; raw bytes cost far less, and below this the hop costs more than the work.
+INLINE_REPLY_VALUES = 4096
 
 
 class DataPlane:
@@ -76,7 +81,10 @@ class DataPlane:
         self._check_images(request.images)
         with self._admit(served, len(request.images), _image_bytes(request.images)) as ticket:
             prediction = await self._predict(served, request, ticket, started)
-            return await self._reply(served, prediction, build)
+            heavy = len(prediction.results) > INLINE_POSTPROCESS_IMAGES or any(
+                r.maps for r in prediction.results
+            )
+            return await self._reply(served, prediction, build, heavy)
 
     async def _predict(
         self, served: ServedModel, request: PredictRequest, ticket: Ticket, started: float
@@ -121,9 +129,10 @@ class DataPlane:
         timing["total"] = time.perf_counter() - started
         return Prediction(manifest.name, manifest.version, results, timing, uuid.uuid4().hex[:16])
 
-    async def infer(self, request: InferRequest) -> InferResult:
-        """The named outputs for a preprocessed tensor, or for encoded images decoded and fitted by the
-        model's manifest."""
+    async def infer(self, request: InferRequest, build: Callable[[InferResult], T]) -> T:
+        """The front-end's response, ``build(result)``, to the named outputs for a preprocessed tensor or
+        for encoded images decoded and fitted by the model's manifest; made while the request still holds
+        its model version, on the model's lane when the outputs are large."""
         served = self._served(request.model, request.version)
         manifest = served.manifest
         if request.input_name != manifest.input.name:
@@ -161,7 +170,10 @@ class DataPlane:
             batch = await served.batcher.submit(tensor, outputs, request.deadline)
             timing.update(queue=batch.queue_seconds, inference=batch.inference_seconds)
             self._observe(request.model, timing)
-            return InferResult(manifest, batch.outputs)
+            values = sum(batch.outputs[name].size for name in outputs)
+            return await self._reply(
+                served, InferResult(manifest, batch.outputs), build, values > INLINE_REPLY_VALUES
+            )
 
     async def load_model(self, model: str) -> list[int]:
         """Load (or reload) ``model`` from the repository by its version policy; the versions served."""
@@ -257,17 +269,13 @@ class DataPlane:
             served.batcher.withdraw()
             raise
 
-    async def _reply(
-        self, served: ServedModel, prediction: Prediction, build: Callable[[Prediction], T]
-    ) -> T:
-        """``build(prediction)`` on the model's lane when it is heavy (maps, or many images: tens of MiB
-        of maps take hundreds of milliseconds to build as protobuf messages), else right here, where a
-        hop to a thread would cost more than the work."""
-        if len(prediction.results) <= INLINE_POSTPROCESS_IMAGES and not any(
-            r.maps for r in prediction.results
-        ):
-            return build(prediction)
-        return await asyncio.wrap_future(served.lane.pool.submit(build, prediction))
+    async def _reply(self, served: ServedModel, result: R, build: Callable[[R], T], heavy: bool) -> T:
+        """``build(result)`` on the model's lane when it is ``heavy`` (tens of MiB of maps take hundreds of
+        milliseconds to build as protobuf messages; JSON numbers about a microsecond each), else right
+        here, where a hop to a thread would cost more than the work."""
+        if not heavy:
+            return build(result)
+        return await asyncio.wrap_future(served.lane.pool.submit(build, result))
 
     @contextlib.contextmanager
     def _admit(self, served: ServedModel, images: int, nbytes: int) -> Iterator[Ticket]:

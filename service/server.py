@@ -10,7 +10,8 @@ in its last fifth) before the port closes and the process exits 0.
 
 Around the APIs: TLS (service/tls.py), token authentication (service/auth.py), a plaintext health-only
 port for probes (service/health.py), /metrics (service/metrics_http.py), and the Open Inference
-Protocol over HTTP (service/http/rest.py) on its own port, on the same event loop and data plane.
+Protocol, the vision API in JSON and the explorer page over HTTP (service/http/app.py) on its own
+port, on the same event loop and data plane.
 
 With ``link`` the process is one of several workers sharing the port (service/supervisor.py): the
 supervisor then serves /metrics and the probe port for all of them, and tells each worker what health
@@ -46,7 +47,7 @@ from attnserve.service.health import (
     services_of,
     status,
 )
-from attnserve.service.http import rest
+from attnserve.service.http.app import application
 from attnserve.service.metrics import Metrics
 from attnserve.service.metrics_http import MetricsServer
 from attnserve.service.readiness import Readiness
@@ -252,9 +253,9 @@ async def _start_http(
     tokens: auth.TokenFile | None,
     link: WorkerLink | None,
 ) -> web.AppRunner:
-    """The Open Inference Protocol over HTTP (service/http/rest.py) on the gRPC server's loop, with its
-    TLS and tokens; a worker shares the port its supervisor holds."""
-    runner = web.AppRunner(rest.app(dataplane, metrics, version("attnserve"), tokens), access_log=None)
+    """The HTTP port (service/http/app.py) on the gRPC server's loop, with its TLS and tokens; a worker
+    shares the port its supervisor holds."""
+    runner = web.AppRunner(application(dataplane, metrics, version("attnserve"), tokens), access_log=None)
     await runner.setup()
     ssl_context = certificates.ssl_context() if certificates is not None else None
     site = web.TCPSite(

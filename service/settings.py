@@ -52,8 +52,13 @@ class Settings:
     http_port: int = field(
         default=8000,
         metadata={
-            "help": "the Open Inference Protocol over HTTP/REST, on the gRPC host (0: any free port); -1: off"
+            "help": "HTTP: the Open Inference Protocol's REST API, the vision API in JSON and the explorer "
+            "page, on the gRPC host (0: any free port); -1: off"
         },
+    )
+    explorer: bool = field(
+        default=True,
+        metadata={"help": "serve the explorer page at / on the HTTP port (false: the APIs only)"},
     )
     metrics_host: str = field(default="0.0.0.0", metadata={"help": "address the metrics server binds"})
     metrics_port: int = field(default=9464, metadata={"help": "Prometheus metrics port (0: any free port)"})

@@ -77,6 +77,17 @@ def test_attnserve_carries_no_training_code_and_no_weights(wheels):
     assert not [n for n in names if n.endswith(".pt") or n.split("/")[-1] in ("train.py", "evaluate.py")]
 
 
+def test_attnserve_carries_the_explorer_page_and_its_files(wheels):
+    """Every file of the page the server sends (service/http/explorer/), so an installed server (the
+    container's) shows it."""
+    names = set(wheels["attnserve"].namelist())
+    page = ROOT / "service" / "http" / "explorer"
+    shipped = [f for f in page.rglob("*") if f.is_file() and f.suffix in (".html", ".css", ".js", ".png")]
+    assert len(shipped) >= 7  # the page, its style and script, four samples
+    for f in shipped:
+        assert f"attnserve/service/http/explorer/{f.relative_to(page)}" in names, f
+
+
 def test_attnserve_demo_carries_the_weights_and_their_training(wheels):
     names = set(wheels["attnserve_demo"].namelist())
     assert {n.split("/")[1] for n in names if n.startswith("attnserve/")} == {"demo"}

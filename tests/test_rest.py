@@ -82,6 +82,23 @@ def test_images_as_bytes_answer_as_over_grpc(rest, server):
     assert over_http.as_numpy("probabilities").shape == (3, 6)
 
 
+def test_a_large_json_reply_equals_the_binary_one(rest):
+    """Eight images' spatial maps as JSON numbers (8 × 48 × 48 = 18 432 values, over the data plane's
+    INLINE_REPLY_VALUES: built on the model's lane, off the event loop) carry the binary reply's values."""
+    images = np.array([jpeg(classification_scene(7304, i, size=96).image) for i in range(8)], dtype=object)
+    tensor = tritonclient.http.InferInput("images", [8], "BYTES")
+    tensor.set_data_from_numpy(images)
+    name = "stage1_block0_spatial"
+    as_json = rest.infer(
+        "cbam_classifier", [tensor], outputs=[tritonclient.http.InferRequestedOutput(name, binary_data=False)]
+    )
+    as_binary = rest.infer(
+        "cbam_classifier", [tensor], outputs=[tritonclient.http.InferRequestedOutput(name)]
+    )
+    assert as_json.as_numpy(name).shape == (8, 1, 48, 48)
+    np.testing.assert_array_equal(as_json.as_numpy(name), as_binary.as_numpy(name))
+
+
 def test_fp32_pixels_and_the_classification_extension(rest):
     pixels = np.random.default_rng(0).random((2, 3, 128, 128), dtype=np.float32)
     tensor = tritonclient.http.InferInput("images", list(pixels.shape), "FP32")
@@ -201,10 +218,11 @@ def test_http_calls_share_the_metrics(rest, server):
     assert metric(server, "attnserve_requests_total", not_found) == before + 1
 
 
-def test_the_curl_example_in_the_docs_works(server, tmp_path):
-    """docs/service.md's REST block, run as written (the port changed to the test server's)."""
+def run_docs_block(server, tmp_path, heading: str) -> str:
+    """The first shell block under ``heading`` in docs/service.md, run as written (the port changed to
+    the test server's) beside a generated photo.jpg; its output."""
     doc = (Path(__file__).parents[1] / "docs" / "service.md").read_text()
-    block = doc.split("### REST with curl", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    block = doc.split(heading, 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     script = block.replace("localhost:8000", f"127.0.0.1:{server.http_port}")
     Image.fromarray(classification_scene(5, 0, size=160).image).save(tmp_path / "photo.jpg", quality=90)
     result = subprocess.run(
@@ -215,7 +233,13 @@ def test_the_curl_example_in_the_docs_works(server, tmp_path):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
+    return result.stdout
+
+
+def test_the_curl_example_in_the_docs_works(server, tmp_path):
+    """docs/service.md's REST block."""
+    output = run_docs_block(server, tmp_path, "### REST with curl")
+    lines = output.strip().splitlines()
     reply = json.loads(lines[-1][lines[-1].index('{"model_name"') :])
     assert reply["outputs"][0]["shape"] == [1, 2] and reply["outputs"][0]["datatype"] == "BYTES"
-    assert '"ready": true' in result.stdout and '"platform": "onnxruntime_onnx"' in result.stdout
+    assert '"ready": true' in output and '"platform": "onnxruntime_onnx"' in output

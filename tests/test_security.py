@@ -177,13 +177,19 @@ def https(server, pki: Path, path: str, token: str | None = None, body: bytes | 
 
 def test_http_takes_the_same_tls_and_tokens(tls_server, pki):
     """The HTTP port serves TLS with the gRPC port's certificate and checks the same tokens and scopes:
-    health open, metadata and inference for infer, the repository for admin."""
+    health open, metadata and inference (both APIs) for infer, the repository for admin."""
     assert https(tls_server, pki, "/v2/health/ready") == 200
     assert https(tls_server, pki, "/v2/models/cbam_classifier") == 401
     assert https(tls_server, pki, "/v2/models/cbam_classifier", "wrong-token-0123456789abcdef") == 401
     assert https(tls_server, pki, "/v2/models/cbam_classifier", INFER_TOKEN) == 200
     assert https(tls_server, pki, "/v2/repository/index", INFER_TOKEN, b"{}") == 403
     assert https(tls_server, pki, "/v2/repository/index", ADMIN_TOKEN, b"{}") == 200
+    # the vision API's JSON as its gRPC service; the explorer page and its files hold no data: open
+    assert https(tls_server, pki, "/v1/models") == 401
+    assert https(tls_server, pki, "/v1/models/cbam_classifier", INFER_TOKEN) == 200
+    assert https(tls_server, pki, "/") == 200
+    assert https(tls_server, pki, "/explorer/explorer.js") == 200
+    assert https(tls_server, pki, "/anything/else") == 401  # unclassified paths need admin
     with pytest.raises((urllib.error.URLError, ConnectionError)):  # plaintext is not served
         urllib.request.urlopen(f"http://127.0.0.1:{tls_server.http_port}/v2/health/ready", timeout=10)
     rogue = ssl.create_default_context(cafile=str(pki / "rogue_ca.pem"))

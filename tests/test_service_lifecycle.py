@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -254,10 +255,17 @@ def test_boolean_settings_read_toml_flags_and_environment(tmp_path):
         load(parser.parse_args([]), environ={"ATTNSERVE_REFLECTION": "maybe"})
 
 
-def test_reflection_can_be_turned_off_and_health_stays(demo_repository, tmp_path):
-    server = start_server(demo_repository, tmp_path / "log", "--reflection", "false")
+def test_reflection_and_the_explorer_can_be_turned_off_and_the_apis_stay(demo_repository, tmp_path):
+    server = start_server(demo_repository, tmp_path / "log", "--reflection", "false", "--explorer", "false")
     try:
         assert server.health() == health_pb2.HealthCheckResponse.SERVING
+        http = f"http://127.0.0.1:{server.http_port}"
+        with urllib.request.urlopen(f"{http}/v1/models", timeout=10) as reply:
+            assert reply.status == 200
+        for page in ("/", "/explorer/explorer.js"):
+            with pytest.raises(urllib.error.HTTPError) as missing:
+                urllib.request.urlopen(http + page, timeout=10)
+            assert missing.value.code == 404
         with grpc.insecure_channel(server.target) as channel:
             stub = reflection_pb2_grpc.ServerReflectionStub(channel)
             request = reflection_pb2.ServerReflectionRequest(list_services="")

@@ -19,6 +19,7 @@ from attnserve.api.inference.v2 import grpc_predict_v2_pb2_grpc
 from attnserve.service.dataplane import DataPlane
 from attnserve.service.errors import ServiceError, invalid
 from attnserve.service.grpc.calls import observed, outcome
+from attnserve.service.messages import InferResult
 from attnserve.service.metrics import Metrics
 from attnserve.service.open_inference import (
     InputTensor,
@@ -181,14 +182,17 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
             deadline,
             self.dataplane.settings.max_images_per_request,
         )
-        result = await self.dataplane.infer(infer)
-        response = pb.ModelInferResponse(
-            model_name=result.manifest.name, model_version=str(result.manifest.version), id=request.id
-        )
-        for out in output_tensors(result, outputs):
-            response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
-            response.raw_output_contents.append(out.raw())
-        return response
+
+        def build(result: InferResult) -> pb.ModelInferResponse:
+            response = pb.ModelInferResponse(
+                model_name=result.manifest.name, model_version=str(result.manifest.version), id=request.id
+            )
+            for out in output_tensors(result, outputs):
+                response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+                response.raw_output_contents.append(out.raw())
+            return response
+
+        return await self.dataplane.infer(infer, build)
 
 
 def _one_repository(name: str) -> None:

@@ -7,21 +7,21 @@ header, then each input's bytes, ``binary_data_size`` long, in order); encoded i
 [N] tensor in binary data, each element behind its 4-byte little-endian length. Outputs come back as
 JSON numbers, or as binary data when the request asks for it (an output's ``binary_data``, or the
 request's ``binary_data_output``). Errors are ``{"error": MESSAGE}`` with the status mapped from the
-data plane's (service/errors.py): 400, 401, 403, 404, 429, 503, 504 or 500.
+data plane's (service/http/calls.py): 400, 401, 403, 404, 429, 503, 504 or 500.
 """
 
 import json
 from collections.abc import Awaitable, Callable
 
-import grpc
 import numpy as np
 from aiohttp import web
 
 from attnserve.manifest import Manifest
-from attnserve.service import auth, calls
 from attnserve.service.dataplane import DataPlane
 from attnserve.service.errors import ServiceError, invalid
 from attnserve.service.grpc.inference_v2 import PLATFORM
+from attnserve.service.http.calls import observed, parsed_json, too_large
+from attnserve.service.messages import InferResult
 from attnserve.service.metrics import Metrics
 from attnserve.service.open_inference import (
     InputTensor,
@@ -33,47 +33,23 @@ from attnserve.service.open_inference import (
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,  # retry with backoff, as the message says
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
 
 
-def error(code: grpc.StatusCode, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=STATUS.get(code, 500))
-
-
-def app(
-    dataplane: DataPlane, metrics: Metrics, version: str, tokens: auth.TokenFile | None
-) -> web.Application:
-    """The routes, behind the token check when ``tokens`` are set."""
+def routes(dataplane: DataPlane, metrics: Metrics, version: str) -> list[web.RouteDef]:
     rest = Rest(dataplane, metrics, version)
-    middlewares = [_token_check(tokens, metrics)] if tokens is not None else []
-    application = web.Application(
-        middlewares=middlewares, client_max_size=dataplane.settings.max_message_mb * 2**20
-    )
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
-    application.add_routes(
-        [
-            web.get("/v2/health/live", rest.live),
-            web.get("/v2/health/ready", rest.ready),
-            web.get("/v2", rest.server_metadata),
-            *(web.get(path, rest.model_metadata) for path in (model, versioned)),
-            *(web.get(f"{path}/ready", rest.model_ready) for path in (model, versioned)),
-            *(web.post(f"{path}/infer", rest.infer) for path in (model, versioned)),
-            web.post("/v2/repository/index", rest.repository_index),
-            web.post("/v2/repository/models/{model}/load", rest.load),
-            web.post("/v2/repository/models/{model}/unload", rest.unload),
-        ]
-    )
-    return application
+    return [
+        web.get("/v2/health/live", rest.live),
+        web.get("/v2/health/ready", rest.ready),
+        web.get("/v2", rest.server_metadata),
+        *(web.get(path, rest.model_metadata) for path in (model, versioned)),
+        *(web.get(f"{path}/ready", rest.model_ready) for path in (model, versioned)),
+        *(web.post(f"{path}/infer", rest.infer) for path in (model, versioned)),
+        web.post("/v2/repository/index", rest.repository_index),
+        web.post("/v2/repository/models/{model}/load", rest.load),
+        web.post("/v2/repository/models/{model}/unload", rest.unload),
+    ]
 
 
 class Rest:
@@ -131,11 +107,8 @@ class Rest:
     async def infer(self, request: web.Request) -> web.Response:
         try:
             body = await request.read()
-        except web.HTTPRequestEntityTooLarge:  # as gRPC refuses a message over the limit: before the call
-            limit = self.dataplane.settings.max_message_mb
-            return web.json_response(
-                {"error": f"the request body is over the server's max_message_mb of {limit} MiB"}, status=413
-            )
+        except web.HTTPRequestEntityTooLarge:
+            return too_large(self.dataplane.settings.max_message_mb)
 
         async def work(deadline: float | None) -> web.Response:
             version_number(request.match_info.get("version", ""))  # a bad one named before the body
@@ -156,20 +129,22 @@ class Rest:
                 deadline,
                 self.dataplane.settings.max_images_per_request,
             )
-            result = await self.dataplane.infer(infer)
-            tensors = output_tensors(result, outputs)
-            if _parameters(header).get("binary_data_output", False):
-                binary_names = {t.name for t in tensors}
-            else:
-                binary_names = {o["name"] for o in wanted if _parameters(o).get("binary_data")}
-            return _infer_response(result.manifest, header.get("id"), tensors, binary_names)
+            all_binary = bool(_parameters(header).get("binary_data_output", False))
+            binary = {o["name"] for o in wanted if _parameters(o).get("binary_data")}
+
+            def build(result: InferResult) -> web.Response:
+                tensors = output_tensors(result, outputs)
+                binary_names = {t.name for t in tensors} if all_binary else binary
+                return _infer_response(result.manifest, header.get("id"), tensors, binary_names)
+
+            return await self.dataplane.infer(infer, build)
 
         return await self._call("ModelInfer", request, work)
 
     async def repository_index(self, request: web.Request) -> web.Response:
         async def work(deadline: float | None) -> web.Response:
             body = await request.read()  # small: a repository index request has one flag
-            options = _json(body) if body else {}
+            options = parsed_json(body) if body else {}
             ready_only = bool(options.get("ready", False)) if isinstance(options, dict) else False
             return web.json_response(
                 [
@@ -202,34 +177,7 @@ class Rest:
     async def _call(
         self, method: str, request: web.Request, work: Callable[[float | None], Awaitable[web.Response]]
     ) -> web.Response:
-        model = request.match_info.get("model", "")
-        code, value = await calls.outcome(self.metrics, self.dataplane, f"http/{method}", model, None, work)
-        return value if code is None else error(code, str(value))
-
-
-def _token_check(tokens: auth.TokenFile, metrics: Metrics) -> Callable:
-    @web.middleware
-    async def check(request: web.Request, handler: Callable) -> web.StreamResponse:
-        needed = auth.http_scope_of(request.path)
-        if needed is None:
-            return await handler(request)
-        header = request.headers.get("Authorization", "")
-        token = header[7:].strip() if header[:7].lower() == "bearer " else None
-        refused = auth.refusal(tokens, token, needed)
-        if refused is None:
-            return await handler(request)
-        code, message, reason = refused
-        metrics.auth_refused.labels(reason).inc()
-        return error(code, message)
-
-    return check
-
-
-def _json(data: bytes) -> object:
-    try:
-        return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise invalid(f"the request body is not JSON: {exc}") from None
+        return await observed(self.metrics, self.dataplane, method, request.match_info.get("model", ""), work)
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
@@ -242,7 +190,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
                 f"{HEADER_LENGTH} {header_length!r} is not a length within the body's {len(body)} bytes"
             )
         length = int(header_length)
-    header = _json(body[:length])
+    header = parsed_json(body[:length])
     if not isinstance(header, dict):
         raise invalid("the request's JSON must be an object with 'inputs'")
     return header, body[length:]
