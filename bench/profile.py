@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path(".bench"))
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument(
+        "--no-py-spy",
+        action="store_true",
+        help="the load and its CPU figures alone, nothing sampling the server",
+    )
     args = parser.parse_args(argv)
     repository = args.work / "repository"
     images = image_set(repository / args.model / "1", 32)
@@ -60,12 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         "200",
     ]
     options = ["--format", "raw", "--threads", "--nonblocking", "--output", str(raw)]
-    spy = subprocess.Popen(
-        [str(py_spy), *record, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    spy = None
+    if not args.no_py_spy:
+        spy = subprocess.Popen(
+            [str(py_spy), *record, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
     try:
         load = vision(server, args.model, images, [], 16, dict(max_requests=10**6, max_seconds=args.seconds))
-        spy.wait(60)
+        if spy is not None:
+            spy.wait(60)
     finally:
         server.stop()
     print(
@@ -76,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         f"load generator: {load['client_cores']:.2f} cores, {load['client_cpu_ms_per_image']:.2f} ms CPU "
         "per request"
     )
-    print("\n".join(summarise(raw)))
+    if spy is not None:
+        print("\n".join(summarise(raw)))
     return 0
 
 

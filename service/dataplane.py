@@ -45,7 +45,7 @@ from attnserve.service.settings import Settings
 from attnserve.service.stages.admission import Admission, Ticket
 from attnserve.service.stages.decode import Opened
 from attnserve.service.stages.encode import encode, response_bytes, select
-from attnserve.service.stages.fit import Prepared, prepare
+from attnserve.service.stages.fit import Prepared, decode_and_fit, open_images, prepare
 from attnserve.service.stages.postprocess import TaskHandler, check_task
 
 DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(float16)": "FP16"}
@@ -57,6 +57,13 @@ R = TypeVar("R")
 # any with maps (resampling, PNG: milliseconds to tens of them), are finished on the model's lane: a
 # detector's 64 images took 27 ms, a stall of the loop and of every health check behind it.
 INLINE_POSTPROCESS_IMAGES = 4
+# A request of at most INLINE_POSTPROCESS_IMAGES images and this many encoded bytes has its headers read
+# right here, and if each image then decodes to at most this many pixels, it is decoded and fitted here
+# too: a 96 px JPEG takes about 0.2 ms, less than the hand-off to a lane thread and back, whose wake-up
+# of the loop was a quarter to a third of the lane's samples in the profile (docs/benchmarks.md). Both
+# bounds hold the loop's work per request to about a millisecond, whatever the bytes are.
+INLINE_DECODE_BYTES = 64 * 1024
+INLINE_DECODE_PIXELS = 320 * 320
 # An Open Inference Protocol reply of more output values than this is built on the model's lane: as
 # JSON numbers (HTTP) each costs about 0.8 µs (json.dumps of a list: 83 ms for 100 000), so a large
 # request would stall the loop; raw bytes cost far less, and below this the hop costs more than the work.
@@ -247,9 +254,19 @@ class DataPlane:
         before_decoding: Callable[[list[Opened]], None],
         deadline: float | None,
     ) -> Prepared:
-        """Decode and fit on the model's lane, announced to the batcher so a batch may wait for it."""
+        """Decode and fit on the model's lane (small images right here), announced to the batcher so a
+        batch may wait for it."""
         served.batcher.announce()
         try:
+            spec, max_pixels = served.manifest.input, self.settings.max_image_pixels
+            if _small(images):
+                opened, open_seconds = open_images(images, spec, max_pixels)
+                before_decoding(opened)
+                if all(o.decoded_pixels <= INLINE_DECODE_PIXELS for o in opened):
+                    return decode_and_fit(opened, spec, open_seconds)
+                work = (decode_and_fit, opened, spec, open_seconds)
+            else:
+                work = (prepare, images, spec, max_pixels, before_decoding)
             lane = served.lane
             async with lane.decoding:
                 if deadline is not None and time.monotonic() > deadline:
@@ -257,14 +274,7 @@ class DataPlane:
                         grpc.StatusCode.DEADLINE_EXCEEDED,
                         "the deadline passed while the request waited to be decoded",
                     )
-                return await lane.run(
-                    ticket,
-                    prepare,
-                    images,
-                    served.manifest.input,
-                    self.settings.max_image_pixels,
-                    before_decoding,
-                )
+                return await lane.run(ticket, *work)
         except BaseException:
             served.batcher.withdraw()
             raise
@@ -345,6 +355,10 @@ class DataPlane:
     def close(self) -> None:
         for served in self.registry.all():
             served.lane.pool.shutdown(wait=False)
+
+
+def _small(images: list[ImageInput]) -> bool:
+    return len(images) <= INLINE_POSTPROCESS_IMAGES and _image_bytes(images) <= INLINE_DECODE_BYTES
 
 
 def _image_bytes(images: list[ImageInput]) -> int:

@@ -42,11 +42,20 @@ def prepare(
     """Decode and fit every image; the two stages timed apart. Every image is opened (its header read)
     first, and ``before_decoding`` sees them all (the request's budgets: service/dataplane.py) and may
     refuse the request before any pixel is decoded."""
-    target = (spec.height, spec.width)
-    t0 = time.perf_counter()
-    opened = [open_image(image, i, target, max_pixels) for i, image in enumerate(images)]
+    opened, open_seconds = open_images(images, spec, max_pixels)
     before_decoding(opened)
-    decode_seconds, preprocess_seconds = time.perf_counter() - t0, 0.0
+    return decode_and_fit(opened, spec, open_seconds)
+
+
+def open_images(images: list[ImageInput], spec: InputSpec, max_pixels: int) -> tuple[list[Opened], float]:
+    """Every image opened as far as its header, and the seconds that took (counted as decoding)."""
+    t0 = time.perf_counter()
+    opened = [open_image(image, i, (spec.height, spec.width), max_pixels) for i, image in enumerate(images)]
+    return opened, time.perf_counter() - t0
+
+
+def decode_and_fit(opened: list[Opened], spec: InputSpec, open_seconds: float = 0.0) -> Prepared:
+    decode_seconds, preprocess_seconds = open_seconds, 0.0
     fitted, views = [], []
     for image in opened:
         t0 = time.perf_counter()
