@@ -43,7 +43,7 @@ from attnserve.service.readiness import Readiness
 from attnserve.service.registry import ModelRegistry, ServedModel
 from attnserve.service.settings import Settings
 from attnserve.service.stages.admission import Admission, Ticket
-from attnserve.service.stages.decode import Opened
+from attnserve.service.stages.decode import Opened, opens_without_decoding
 from attnserve.service.stages.encode import encode, response_bytes, select
 from attnserve.service.stages.fit import Prepared, decode_and_fit, open_images, prepare
 from attnserve.service.stages.postprocess import TaskHandler, check_task
@@ -57,10 +57,11 @@ R = TypeVar("R")
 # any with maps (resampling, PNG: milliseconds to tens of them), are finished on the model's lane: a
 # detector's 64 images took 27 ms, a stall of the loop and of every health check behind it.
 INLINE_POSTPROCESS_IMAGES = 4
-# A request of at most INLINE_POSTPROCESS_IMAGES images and this many encoded bytes has its headers read
-# right here, and if each image then decodes to at most this many pixels, it is decoded and fitted here
+# A request of at most INLINE_POSTPROCESS_IMAGES images, JPEGs or raw pixels (their headers are read
+# without decoding: stages/decode.py), and this many bytes has its headers read right here; if each
+# image then decodes to at most this many pixels (after JPEG draft mode), it is decoded and fitted here
 # too: a 96 px JPEG takes about 0.2 ms, less than the hand-off to a lane thread and back, whose wake-up
-# of the loop was a quarter to a third of the lane's samples in the profile (docs/benchmarks.md). Both
+# of the loop was a quarter to a third of the lane's samples in the profile (docs/benchmarks.md). The
 # bounds hold the loop's work per request to about a millisecond, whatever the bytes are.
 INLINE_DECODE_BYTES = 64 * 1024
 INLINE_DECODE_PIXELS = 320 * 320
@@ -358,7 +359,11 @@ class DataPlane:
 
 
 def _small(images: list[ImageInput]) -> bool:
-    return len(images) <= INLINE_POSTPROCESS_IMAGES and _image_bytes(images) <= INLINE_DECODE_BYTES
+    return (
+        len(images) <= INLINE_POSTPROCESS_IMAGES
+        and _image_bytes(images) <= INLINE_DECODE_BYTES
+        and all(opens_without_decoding(i) for i in images)
+    )
 
 
 def _image_bytes(images: list[ImageInput]) -> int:

@@ -182,16 +182,17 @@ def test_raw_pixels_give_the_same_answer_as_png(client):
 @pytest.mark.parametrize(
     "size, fmt",
     [
-        (96, "JPEG"),  # a few KiB, 96² pixels: decoded on the event loop (dataplane.INLINE_DECODE_*)
-        (1200, "PNG"),  # under 64 KiB (mostly flat colour) but 1200² pixels: decoded on the lane
-        (400, "BMP"),  # 470 KiB: decoded on the lane without being opened on the loop
+        ((96, 96), "JPEG"),  # a few KiB, 96² pixels: decoded on the event loop (dataplane.INLINE_DECODE_*)
+        ((96, 4000), "JPEG"),  # small, its header read on the loop, but 384 000 pixels: decoded on the lane
+        ((1200, 1200), "PNG"),  # under 64 KiB, but Pillow reads a PNG to its end to open it: the lane
+        ((400, 400), "BMP"),  # 470 KiB: the lane
     ],
 )
 def test_where_an_image_is_decoded_does_not_change_the_answer(client, size, fmt):
     """Small requests are decoded on the event loop, others on the model's lane, by the same code: the
-    answer is the one the exported model gives for the same fitted pixels, whichever path it took."""
+    answer is the one the same pixels give sent raw, whichever path it took."""
     scene = classification_scene(6006, 0, size=96).image
-    image = Image.fromarray(scene).resize((size, size), Image.Resampling.NEAREST)
+    image = Image.fromarray(scene).resize(size, Image.Resampling.NEAREST)
     data = encode(image, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     assert (len(data) < 64 * 1024) == (fmt != "BMP"), len(data)
     from_file = client.classify([data], "cbam_classifier").results[0]

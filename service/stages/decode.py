@@ -21,6 +21,7 @@ TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # rotated by 90°: width and height swa
 # the formats docs/service.md promises, as Pillow names them, and as people do
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 NAMES = ("JPEG", "PNG", "WebP", "BMP", "TIFF", "GIF")
+JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 
 @dataclass
@@ -68,6 +69,12 @@ def open_image(image: ImageInput, index: int, target: tuple[int, int], max_pixel
         raw = decode_raw(image.rgb, image.height, image.width, index, max_pixels)
         return Opened(index, raw.image, raw.width, raw.height, raw.width * raw.height, pending=False)
     raise invalid(f"image {index} has neither encoded bytes nor raw pixels")
+
+
+def opens_without_decoding(image: ImageInput) -> bool:
+    """Whether ``open_image`` reads no pixels of ``image``: raw pixels, and a JPEG, whose markers (EXIF
+    included) all come before its pixels. Pillow reads a PNG to its end for an EXIF chunk after them."""
+    return image.encoded is None or image.encoded[:3] == JPEG_SIGNATURE
 
 
 def decode(opened: Opened) -> Decoded:
