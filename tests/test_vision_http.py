@@ -2,11 +2,13 @@
 same answers as its gRPC service for the same images, and errors that name the problem."""
 
 import base64
+import io
 import json
 
 import numpy as np
 import pytest
 from google.protobuf import json_format
+from PIL import Image
 from test_overload import metric
 from test_rest import call, jpeg, run_docs_block
 
@@ -90,6 +92,24 @@ def test_detect_with_float16_maps_equals_grpc(server, client):
     ]
     for got, want in zip(result.maps, expected.maps, strict=True):
         np.testing.assert_array_equal(map_array(got), map_array(want))
+
+
+def test_a_large_body_answers_as_grpc(server, client):
+    """A body over http/calls.py's INLINE_PARSE_BYTES (256 KiB) is parsed on a thread: same answer."""
+    image = Image.fromarray(classification_scene(8105, 0, size=96).image).resize((700, 700))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    png = buffer.getvalue()
+    assert len(base64.b64encode(png)) > 256 * 1024
+    code, reply = post(
+        server,
+        "/v1/models/eca_classifier/classify",
+        {"images": [{"encoded": base64.b64encode(png).decode()}]},
+    )
+    assert code == 200, reply
+    (got,) = json_format.ParseDict(reply, pb.ClassifyResponse()).results
+    (want,) = client.classify([png], "eca_classifier").results
+    assert [(s.label, s.score) for s in got.labels] == [(s.label, s.score) for s in want.labels]
 
 
 def test_http_vision_calls_are_counted(server):

@@ -20,8 +20,8 @@ from attnserve.manifest import Manifest
 from attnserve.service.dataplane import DataPlane
 from attnserve.service.errors import ServiceError, invalid
 from attnserve.service.grpc.inference_v2 import PLATFORM
-from attnserve.service.http.calls import observed, parsed_json, too_large
-from attnserve.service.messages import InferResult
+from attnserve.service.http.calls import observed, parsed, parsed_json, too_large
+from attnserve.service.messages import InferRequest, InferResult
 from attnserve.service.metrics import Metrics
 from attnserve.service.open_inference import (
     InputTensor,
@@ -111,24 +111,31 @@ class Rest:
             return too_large(self.dataplane.settings.max_message_mb)
 
         async def work(deadline: float | None) -> web.Response:
-            version_number(request.match_info.get("version", ""))  # a bad one named before the body
-            header, binary = _split(body, request.headers.get(HEADER_LENGTH))
-            inputs = header.get("inputs")
-            if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-                raise invalid("models here take exactly one input: 'inputs' must be a list of one tensor")
-            tensor = _input_tensor(inputs[0], binary)
-            wanted = header.get("outputs") or []
-            if not isinstance(wanted, list) or not all(isinstance(o, dict) and "name" in o for o in wanted):
-                raise invalid("'outputs' must be a list of {\"name\": ...} objects")
-            outputs = [OutputRequest(str(o["name"]), _classification(o)) for o in wanted]
-            infer = infer_request(
-                request.match_info["model"],
-                request.match_info.get("version", ""),
-                tensor,
-                outputs,
-                deadline,
-                self.dataplane.settings.max_images_per_request,
-            )
+            version = request.match_info.get("version", "")
+            version_number(version)  # a bad one named before the body
+
+            def parse(data: bytes) -> tuple[dict, list[dict], list[OutputRequest], InferRequest]:
+                header, binary = _split(data, request.headers.get(HEADER_LENGTH))
+                inputs = header.get("inputs")
+                if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+                    raise invalid("models here take exactly one input: 'inputs' must be a list of one tensor")
+                tensor = _input_tensor(inputs[0], binary)
+                wanted = header.get("outputs") or []
+                if not isinstance(wanted, list) or not all(
+                    isinstance(o, dict) and "name" in o for o in wanted
+                ):
+                    raise invalid("'outputs' must be a list of {\"name\": ...} objects")
+                outputs = [OutputRequest(str(o["name"]), _classification(o)) for o in wanted]
+                limit = self.dataplane.settings.max_images_per_request
+                model = request.match_info["model"]
+                return (
+                    header,
+                    wanted,
+                    outputs,
+                    infer_request(model, version, tensor, outputs, deadline, limit),
+                )
+
+            header, wanted, outputs, infer = await parsed(body, parse)
             all_binary = bool(_parameters(header).get("binary_data_output", False))
             binary = {o["name"] for o in wanted if _parameters(o).get("binary_data")}
 

@@ -21,7 +21,7 @@ from attnserve.api.v1 import vision_pb2 as pb
 from attnserve.service import vision_api
 from attnserve.service.dataplane import DataPlane
 from attnserve.service.errors import invalid
-from attnserve.service.http.calls import observed, too_large
+from attnserve.service.http.calls import observed, parsed, too_large
 from attnserve.service.messages import Prediction, PredictRequest
 from attnserve.service.metrics import Metrics
 from attnserve.service.open_inference import version_number
@@ -85,7 +85,7 @@ class Vision:
             return too_large(self.dataplane.settings.max_message_mb)
 
         async def work(deadline: float | None) -> web.Response:
-            _parse(body, message)
+            await parsed(body, lambda data: _parse(data, message))
             model, version = _model_of(request)
             if message.model not in ("", model) or message.version not in (0, version):
                 raise invalid(
