@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path(".bench"))
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--maps", nargs="*", default=[], help="the maps each request asks for (e.g. all)")
     parser.add_argument(
         "--no-py-spy",
         action="store_true",
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             [str(py_spy), *record, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
     try:
-        load = vision(server, args.model, images, [], 16, dict(max_requests=10**6, max_seconds=args.seconds))
+        budget = dict(max_requests=10**6, max_seconds=args.seconds)
+        load = vision(server, args.model, images, args.maps, 16, budget)
         if spy is not None:
             spy.wait(60)
     finally:
