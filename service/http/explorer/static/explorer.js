@@ -112,10 +112,12 @@ async function useImage(blob, name) {
     reader.readAsDataURL(blob);
   });
   const picture = new Image();
-  picture.src = URL.createObjectURL(blob);
+  const url = URL.createObjectURL(blob);
+  picture.src = url;
   try {
     await picture.decode();
   } catch {
+    URL.revokeObjectURL(url);
     picture.removeAttribute("src"); // the browser cannot show it; the server says whether it can read it
   }
   if (state.image) URL.revokeObjectURL(state.image.picture.src);
@@ -171,7 +173,10 @@ async function predict() {
   const roundTrip = performance.now() - started;
   if (sequence !== state.sequence) return; // a newer request is on its way
   const result = reply.results[0];
-  await render(info, image, result, geometry);
+  const groups = await mapGroups(info, image, result, geometry);
+  if (sequence !== state.sequence) return; // drawing took long enough for a newer one to start
+  showPrediction(info, image, result);
+  $("#maps").replaceChildren(...groups);
   showTiming(reply.timing, roundTrip);
   $("#results").hidden = false;
   const found = verb === "detect" ? `${result.detections.length} objects` : `top label ${result.labels[0]?.label ?? "none"}`;
@@ -179,11 +184,14 @@ async function predict() {
   document.body.dataset.rendered = String(++state.rendered); // for scripts that drive the page
 }
 
-async function render(info, image, result, geometry) {
-  showPrediction(info, image, result);
+// The maps, one section per kind, in depth order within each.
+async function mapGroups(info, image, result, geometry) {
   const base = geometry === "MAP_GEOMETRY_MODEL_GRID" ? fitted(image.picture, info) : image.picture.src;
   const byName = new Map(result.maps.map((m) => [m.name, m]));
   const top = result.labels?.[0]?.label;
+  // the shape of the image the maps lie on: the model's input, or the original
+  const lies = geometry === "MAP_GEOMETRY_MODEL_GRID"
+    ? [info.inputWidth, info.inputHeight] : [result.imageSize.width, result.imageSize.height];
   const groups = [];
   const kinds = new Set([...Object.keys(KINDS), ...info.attention.map((a) => a.kind)]); // a newer kind too
   for (const kind of kinds) {
@@ -191,7 +199,8 @@ async function render(info, image, result, geometry) {
     const outputs = info.attention.filter((a) => a.kind === kind && byName.has(a.name));
     if (outputs.length === 0) continue;
     const figures = await Promise.all(
-      outputs.map((output, depth) => mapFigure(output, byName.get(output.name), depth, outputs.length, base, top)),
+      outputs.map((output, depth) =>
+        mapFigure(output, byName.get(output.name), depth, outputs.length, { base, lies, top })),
     );
     groups.push(
       element("section", { class: "group", "data-kind": kind },
@@ -199,7 +208,7 @@ async function render(info, image, result, geometry) {
         element("div", { class: "figures" }, ...figures)),
     );
   }
-  $("#maps").replaceChildren(...groups);
+  return groups;
 }
 
 function showPrediction(info, image, result) {
@@ -236,7 +245,7 @@ function scored(label, score, where = "") {
 
 // ---- maps ----------------------------------------------------------------------------------------
 
-async function mapFigure(output, map, depth, count, base, topLabel) {
+async function mapFigure(output, map, depth, count, { base, lies, top }) {
   const figure = element("figure", { class: "map", "data-map": output.name, "data-kind": output.kind });
   const grid = output.shape.slice(2).map(Number);
   const where = count > 1 ? `depth ${depth + 1} of ${count}` : "";
@@ -247,11 +256,11 @@ async function mapFigure(output, map, depth, count, base, topLabel) {
     const low = Math.min(...values), high = Math.max(...values);
     detail = `${values.length} channels, ${low.toFixed(2)}–${high.toFixed(2)}`;
   } else {
-    figure.append(await overlay(map, base, output.name));
+    figure.append(await overlay(map, base, lies, output.name));
     detail = `grid ${grid.join("×")}` + (output.stride ? `, stride ${output.stride}` : "");
   }
   const notes = [output.source, detail, where];
-  if (output.kind === "cam" && topLabel) notes.push(`for ${topLabel}`);
+  if (output.kind === "cam" && top) notes.push(`for ${top}`);
   if (output.kind === "self_attention_heads") notes.push(`mean of ${output.shape[1]} heads`);
   figure.append(element("figcaption", {}, element("strong", { text: output.name }), element("br"),
     notes.filter(Boolean).join(" · ")));
@@ -259,7 +268,7 @@ async function mapFigure(output, map, depth, count, base, topLabel) {
 }
 
 // The map's grayscale PNG coloured by the ramp, over the image; the opacity slider sets the overlay's.
-async function overlay(map, base, name) {
+async function overlay(map, base, [width, height], name) {
   const heat = new Image();
   heat.src = `data:image/png;base64,${map.data}`;
   await heat.decode();
@@ -279,11 +288,7 @@ async function overlay(map, base, name) {
   const background = element("img", { alt: "" });
   if (base) background.src = base;
   const stack = element("div", { class: "stack" }, background, canvas);
-  // the stack takes the shape of the image the map lies on
-  const shown = map.geometry === "MAP_GEOMETRY_MODEL_GRID"
-    ? [state.info.inputWidth, state.info.inputHeight]
-    : [state.image.picture.naturalWidth || canvas.width, state.image.picture.naturalHeight || canvas.height];
-  stack.style.aspectRatio = `${shown[0]} / ${shown[1]}`;
+  stack.style.aspectRatio = `${width} / ${height}`; // the shape of the image the map lies on
   return stack;
 }
 
