@@ -56,7 +56,7 @@ def http_scope_of(path: str) -> str | None:
         return None
     if path.startswith("/v2/repository/"):
         return ADMIN
-    if path in ("/v2", "/v2/") or path.startswith(("/v2/models/", "/v1/models")):
+    if path in ("/v2", "/v2/", "/v1/models") or path.startswith(("/v2/models/", "/v1/models/")):
         return INFER
     return ADMIN
 

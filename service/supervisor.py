@@ -102,12 +102,12 @@ class Supervisor:
         self.metrics_dir = metrics_dir
         self.metrics = SupervisorMetrics(metrics_dir)
         self._context = multiprocessing.get_context("spawn")
-        self._reserved = _reserve_port(settings.host, settings.port)
-        self.port = self._reserved.getsockname()[1]
-        self.http_port = None  # the HTTP port, held the same way
+        self._reserved = [_reserve_port(settings.host, settings.port)]  # and the HTTP port, held alike
+        self.port = self._reserved[0].getsockname()[1]
+        self.http_port = None
         if settings.http_port >= 0:
-            self._reserved_http = _reserve_port(settings.host, settings.http_port)
-            self.http_port = self._reserved_http.getsockname()[1]
+            self._reserved.append(_reserve_port(settings.host, settings.http_port))
+            self.http_port = self._reserved[-1].getsockname()[1]
         self._worker_settings = dataclasses.replace(
             worker_settings(settings, count),
             port=self.port,
@@ -150,7 +150,8 @@ class Supervisor:
                 self.probes.stop()
             metrics_server.shutdown()
             metrics_server.server_close()
-            self._reserved.close()
+            for reserved in self._reserved:
+                reserved.close()
         log.info("stopped")
         return status
 
