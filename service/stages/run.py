@@ -81,9 +81,13 @@ class OnnxModel:
         return dict(zip(outputs, self.session.run(outputs, {self.input_name: images}), strict=True))
 
     def warm_up(self, max_batch: int) -> None:
-        """First runs allocate and tune; do them before the model is marked ready."""
+        """First runs allocate and tune; do them before the model is marked ready. On CUDA, every batch
+        size the batcher can form: cuDNN chooses its convolution algorithms per input shape, by timing
+        them all on a shape's first run (ONNX Runtime's default search), which a request must not wait
+        for."""
         shape = (1, 3, self.manifest.input.height, self.manifest.input.width)
-        for batch in sorted({1, max_batch}):
+        batches = range(1, max_batch + 1) if self.provider == CUDA else sorted({1, max_batch})
+        for batch in batches:
             images = np.full((batch, *shape[1:]), 0.5, np.float32)
             self.run(images, self.manifest.predictions)
             self.run(images, self.manifest.output_names())
