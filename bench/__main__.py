@@ -5,6 +5,8 @@ batching, same tensors). Prints and writes the ratios as JSON and markdown.
 
     python -m bench --quick                       # the demo classifier, no peer: a few minutes
     python -m bench --docs docs/benchmarks.md     # everything, and the table into the docs
+    python -m bench --profile short --cpus 0-7    # on a larger machine: the server and session.run on
+                                                  # cores 0-7, the load generator on the others
 """
 
 import argparse
@@ -13,12 +15,16 @@ import contextlib
 import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
 import grpc
+import onnxruntime as ort
 
 from attnserve.client import AsyncVisionClient
 from attnserve.client.clients import DEFAULT_CONNECTIONS
@@ -60,16 +66,39 @@ PROFILES = {
             "vit_classifier": ["--min-agreement", "0"],
         },
     ),
+    # every contender but the peer and int8, in short loads: for a lent machine's few minutes (a GPU)
+    "short": dict(
+        models=["cbam_classifier"],
+        concurrencies=[1, 16, 64],
+        requests=50000,
+        seconds=6.0,
+        batches=[1, 4, 16, 64],
+        batch_seconds=1.5,
+        peer=False,
+        int8=False,
+        int8_options={},
+    ),
 }
 COMPARE_AT = report.COMPARE_AT  # the concurrency at which variants and the peer are compared
-MAX_BATCH = 16
+START_TIMEOUT_S = 300  # on CUDA a server warms up every batch size before it is ready (stages/run.py)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the demo classifier only, short loads, no peer")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument("--quick", action="store_true", help="--profile quick")
     parser.add_argument("--models", nargs="+", help="these models instead of the profile's")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every contender")
+    parser.add_argument(
+        "--cpus",
+        type=cpu_list,
+        help="cores for session.run, PyTorch eager and the server, e.g. 0-7 (default: all, shared with the "
+        "load generator); the load generator runs on the others",
+    )
+    parser.add_argument("--threads", type=int, help="threads for every contender (default: one per core)")
+    parser.add_argument(
+        "--workers", type=int, help="worker processes of the workers variant (default: one per thread)"
+    )
+    parser.add_argument("--max-batch", type=int, default=16, help="the server's dynamic batches, at most")
     parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--connections",
@@ -81,13 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--docs", type=Path, help="also write the markdown table here")
     args = parser.parse_args(argv)
-    profile = {**PROFILES["quick" if args.quick else "full"]}
+    profile_name = "quick" if args.quick else args.profile
+    profile = {**PROFILES[profile_name]}
     profile["models"] = args.models or profile["models"]
+    args.cpus = args.cpus or os.sched_getaffinity(0)
+    args.threads = args.threads or len(args.cpus)
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {
         "command": command.strip(),
-        "profile": "quick" if args.quick else "full",
+        "profile": profile_name,
         "machine": machine(),
+        "cpus": len(args.cpus),
         "threads": args.threads,
         "provider": args.provider,
         "connections": args.connections,
@@ -117,27 +150,60 @@ def bench_model(name: str, args: argparse.Namespace, profile: dict) -> dict:
     export(name, repository)
     version_dir = repository / name / "1"
     log(f"{name}: images")
-    images = image_set(version_dir, 32)
-    photos = image_set(version_dir, 8, size=(1920, 1080), seed=9200)
+    images = image_set(version_dir, 32, provider=args.provider)
+    photos = image_set(version_dir, 8, size=(1920, 1080), seed=9200, provider=args.provider)
     out: dict = {}
     log(f"{name}: ONNX Runtime session.run (the limit)")
     rollout = any(a.kind == ROLLOUT for a in Manifest.read(version_dir / MANIFEST_FILE).attention)
-    # with a rollout, also what computing it in the graph costs ONNX Runtime itself
-    out["limit"] = limits.onnx_limit(
-        version_dir,
-        images.tensors,
-        args.threads,
-        profile["batches"],
-        profile["batch_seconds"],
-        args.provider,
-        maps=(ROLLOUT,) if rollout else None,
-    )
-    if rollout:
-        out["limit_rollout"] = out["limit"].pop("with_maps")
-    log(f"{name}: PyTorch eager")
-    out["eager"] = limits.torch_eager(
-        name, images.tensors, args.threads, profile["batches"], profile["batch_seconds"]
-    )
+    with on_cores(args.cpus):
+        # with a rollout, also what computing it in the graph costs ONNX Runtime itself
+        out["limit"] = limits.onnx_limit(
+            version_dir,
+            images.tensors,
+            args.threads,
+            profile["batches"],
+            profile["batch_seconds"],
+            args.provider,
+            maps=(ROLLOUT,) if rollout else None,
+        )
+        if rollout:
+            out["limit_rollout"] = out["limit"].pop("with_maps")
+        log(f"{name}: PyTorch eager")
+        out["eager"] = limits.torch_eager(
+            name, images.tensors, args.threads, profile["batches"], profile["batch_seconds"], args.provider
+        )
+    # the load generator keeps off the server's cores, where it has cores of its own
+    with on_cores(os.sched_getaffinity(0) - args.cpus or args.cpus):
+        serve_and_load(name, args, profile, repository, images, photos, rollout, out)
+    if profile["int8"]:
+        log(f"{name}: int8")
+        export(name, repository, precision="int8", int8_options=profile["int8_options"].get(name, []))
+        int8_dir = repository / f"{name}_int8" / "1"
+        out["limit_int8"] = limits.onnx_limit(
+            int8_dir,
+            images.tensors,
+            args.threads,
+            profile["batches"],
+            profile["batch_seconds"],
+            args.provider,
+        )
+        manifest = json.loads((int8_dir / "manifest.json").read_text())
+        out["int8_top1_agreement"] = manifest["verification"]["int8_vs_fp32"]["top1_agreement"]
+    return out
+
+
+def serve_and_load(
+    name: str,
+    args: argparse.Namespace,
+    profile: dict,
+    repository: Path,
+    images: ImageSet,
+    photos: ImageSet,
+    rollout: bool,
+    out: dict,
+) -> None:
+    """attnserve's variants under load, then the peer's, into ``out``."""
+    version_dir = repository / name / "1"
     server_args = [
         "--intra-op-threads",
         str(args.threads),
@@ -148,6 +214,7 @@ def bench_model(name: str, args: argparse.Namespace, profile: dict) -> dict:
         "--max-queue-size",
         "4096",
     ]
+    max_batch = str(args.max_batch)
     load = dict(max_requests=profile["requests"], max_seconds=profile["seconds"])
     work = args.work / "logs"
     work.mkdir(parents=True, exist_ok=True)
@@ -157,9 +224,11 @@ def bench_model(name: str, args: argparse.Namespace, profile: dict) -> dict:
         work / f"{name}-batching.log",
         *server_args,
         "--max-batch-size",
-        str(MAX_BATCH),
+        max_batch,
         "--max-queue-delay-ms",
         "2",
+        cpus=args.cpus,
+        timeout=START_TIMEOUT_S,
     )
     try:
         log(f"{name}: attnserve, JPEGs at the model's size, concurrency {profile['concurrencies']}")
@@ -176,13 +245,21 @@ def bench_model(name: str, args: argparse.Namespace, profile: dict) -> dict:
         out["attnserve_v2_tensors"] = tensors(server.target, name, images, COMPARE_AT, load)
     finally:
         server.stop()
-    server = start_server(repository, work / f"{name}-no-batching.log", *server_args, "--max-batch-size", "1")
+    server = start_server(
+        repository,
+        work / f"{name}-no-batching.log",
+        *server_args,
+        "--max-batch-size",
+        "1",
+        cpus=args.cpus,
+        timeout=START_TIMEOUT_S,
+    )
     try:
         out["attnserve_no_batching"] = vision(server, name, images, [], COMPARE_AT, load, args.connections)
     finally:
         server.stop()
-    # one worker process per thread of the run, each with one ONNX Runtime thread: the same cores
-    workers = max(1, args.threads)
+    # by default one worker process per thread of the run, each with one ONNX Runtime thread: the same cores
+    workers = args.workers or args.threads
     log(f"{name}: attnserve with {workers} worker processes")
     server = start_server(
         repository,
@@ -191,13 +268,15 @@ def bench_model(name: str, args: argparse.Namespace, profile: dict) -> dict:
         "--workers",
         str(workers),
         "--intra-op-threads",
-        "1",
+        str(max(1, args.threads // workers)),
         "--decode-threads",
         "2",
         "--max-batch-size",
-        str(MAX_BATCH),
+        max_batch,
         "--max-queue-delay-ms",
         "2",
+        cpus=args.cpus,
+        timeout=START_TIMEOUT_S,
     )
     try:
         out["attnserve_workers"] = {
@@ -215,28 +294,14 @@ def bench_model(name: str, args: argparse.Namespace, profile: dict) -> dict:
             name,
             (version_dir / "model.onnx").resolve(),
             args.threads,
-            MAX_BATCH,
+            args.max_batch,
             0.002,
+            cpus=args.cpus,
         )
         try:
             out["mlserver_v2_tensors"] = tensors(peer.target, name, images, COMPARE_AT, load)
         finally:
             peer.stop()
-    if profile["int8"]:
-        log(f"{name}: int8")
-        export(name, repository, precision="int8", int8_options=profile["int8_options"].get(name, []))
-        int8_dir = repository / f"{name}_int8" / "1"
-        out["limit_int8"] = limits.onnx_limit(
-            int8_dir,
-            images.tensors,
-            args.threads,
-            profile["batches"],
-            profile["batch_seconds"],
-            args.provider,
-        )
-        manifest = json.loads((int8_dir / "manifest.json").read_text())
-        out["int8_top1_agreement"] = manifest["verification"]["int8_vs_fp32"]["top1_agreement"]
-    return out
 
 
 def export(name: str, repository: Path, precision: str = "fp32", int8_options: list[str] = ()) -> None:
@@ -303,20 +368,53 @@ def _finished(result: LoadResult) -> dict:
     return summary
 
 
+def cpu_list(text: str) -> set[int]:
+    """``0-7,12``: cores by number, as taskset and the kernel's cpusets write them."""
+    cores: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cores.update(range(int(first), int(last or first) + 1))
+    unknown = cores - os.sched_getaffinity(0)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"cores {sorted(unknown)} are not ours to run on")
+    return cores
+
+
+@contextlib.contextmanager
+def on_cores(cores: set[int]) -> Iterator[None]:
+    """This process (the limit's threads, the load generator) on ``cores`` for a while."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def machine() -> dict:
     cpu = platform.processor()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
         cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    gpu = None
+    if shutil.which("nvidia-smi"):
+        query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+        gpu = subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.strip() or None
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "gpu": gpu,
         "python": platform.python_version(),
         "system": platform.platform(),
     }
 
 
 def versions() -> dict:
-    return {p: version(p) for p in ("attnserve", "onnxruntime", "torch", "grpcio", "numpy", "pillow")}
+    # the onnxruntime imported (onnxruntime-gpu is another distribution of the same module)
+    return {
+        "attnserve": version("attnserve"),
+        "onnxruntime": ort.__version__,
+        **{p: version(p) for p in ("torch", "grpcio", "numpy", "pillow")},
+    }
 
 
 def log(line: str) -> None:

@@ -67,10 +67,12 @@ def start_server(
     until_serving: bool = True,
     security: ChannelSecurity | None = None,
     env: dict[str, str] | None = None,
+    cpus: set[int] | None = None,
 ) -> ServerProcess:
     """``attnserve serve`` on free loopback ports; returns once health says SERVING (or, without
     ``until_serving``, as soon as it answers health checks at all: models may still be loading).
-    ``security``: how to reach it, when ``args`` turn on TLS; ``env``: variables added to ours."""
+    ``security``: how to reach it, when ``args`` turn on TLS; ``env``: variables added to ours;
+    ``cpus``: the cores it and its workers may run on (default: ours)."""
     # one process with one inference thread unless ``args`` say otherwise (a later flag wins)
     command = [
         str(Path(sys.executable).with_name("attnserve")),
@@ -97,6 +99,9 @@ def start_server(
     process = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
     )
+    if cpus:
+        # right after exec, before the interpreter starts a thread or a worker: all of them inherit it
+        os.sched_setaffinity(process.pid, cpus)
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if process.poll() is not None:

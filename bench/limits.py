@@ -1,5 +1,5 @@
 """What a server is measured against: ONNX Runtime's ``session.run`` on preprocessed tensors (the limit)
-and PyTorch eager on the same model, with the same thread count."""
+and PyTorch eager on the same model, with the same thread count, on the CPU or the GPU."""
 
 import time
 from collections.abc import Callable
@@ -36,7 +36,9 @@ def onnx_limit(
 ) -> dict:
     """Best throughput of ``session.run`` over ``batches`` (predictions only), and batch-1 latency. With
     ``maps``, the same with those maps fetched too, under ``"with_maps"``: the two are timed in turn
-    at each batch size, so that the machine's drift over a run (often 20 % here) falls on both alike."""
+    at each batch size, so that the machine's drift over a run (often 20 % here) falls on both alike.
+    On CUDA, also the same runs with inputs and outputs left on the GPU (IO binding), under
+    ``"device_resident"``: what the GPU alone does, without the copies every served request needs."""
     manifest = Manifest.read(version_dir / "manifest.json")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -47,20 +49,22 @@ def onnx_limit(
     variants = {"predictions": list(manifest.predictions)}
     if maps is not None:
         variants["with_maps"] = [*manifest.predictions, *maps]
-    by_batch: dict[str, dict[int, float]] = {v: {} for v in variants}
-    cpu_by_batch: dict[str, dict[int, float]] = {v: {} for v in variants}
-    latency = {v: float("nan") for v in variants}
+    runs = {variant: _host_run(session, outputs) for variant, outputs in variants.items()}
+    if provider == "cuda":
+        runs["device_resident"] = _device_run(session, list(manifest.predictions))
+    by_batch: dict[str, dict[int, float]] = {v: {} for v in runs}
+    cpu_by_batch: dict[str, dict[int, float]] = {v: {} for v in runs}
+    latency = {v: float("nan") for v in runs}
     for batch in batches:
         x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
-        for variant, outputs in variants.items():
-            run = lambda x=x, o=outputs: session.run(o, {"images": x})  # noqa: E731
-            throughput, times, cpu_per_image = _timed(run, batch, seconds)
+        for variant, prepare in runs.items():
+            throughput, times, cpu_per_image = _timed(prepare(x), batch, seconds)
             by_batch[variant][batch] = round(throughput, 2)
             cpu_by_batch[variant][batch] = cpu_per_image
             if batch == 1:
                 latency[variant] = float(np.median(times))
     results = {}
-    for variant in variants:
+    for variant in runs:
         best = max(by_batch[variant], key=by_batch[variant].get)
         results[variant] = {
             "throughput_by_batch": by_batch[variant],
@@ -71,24 +75,53 @@ def onnx_limit(
             "provider": session.get_providers()[0],
         }
     result = results["predictions"]
-    if "with_maps" in results:
-        result["with_maps"] = results["with_maps"]
+    for variant in ("with_maps", "device_resident"):
+        if variant in results:
+            result[variant] = results[variant]
     return result
 
 
-def torch_eager(arch: str, images: np.ndarray, threads: int, batches: list[int], seconds: float) -> dict:
-    """The same architecture and weights in PyTorch eager (what a user without an export stage runs)."""
+def _host_run(session: ort.InferenceSession, outputs: list[str]) -> Callable[[np.ndarray], Callable]:
+    """``session.run`` as a server calls it: arrays in host memory in and out."""
+    return lambda x: lambda: session.run(outputs, {"images": x})
+
+
+def _device_run(session: ort.InferenceSession, outputs: list[str]) -> Callable[[np.ndarray], Callable]:
+    """The same model with its input copied to the GPU once and its outputs left there."""
+
+    def prepare(x: np.ndarray) -> Callable:
+        binding = session.io_binding()
+        binding.bind_ortvalue_input("images", ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+        for name in outputs:
+            binding.bind_output(name, "cuda")
+        return lambda: session.run_with_iobinding(binding)
+
+    return prepare
+
+
+def torch_eager(
+    arch: str, images: np.ndarray, threads: int, batches: list[int], seconds: float, provider: str = "cpu"
+) -> dict:
+    """The same architecture and weights in PyTorch eager (what a user without an export stage runs); on
+    CUDA, each run copies its batch to the GPU and waits for the result, as ``session.run`` does."""
     import torch  # only here: the rest of the harness and the server never need it
 
     from attnserve.export.sources import from_arch
 
     torch.set_num_threads(threads)
-    model = from_arch(arch, None).module
+    device = torch.device("cuda" if provider == "cuda" else "cpu")
+    model = from_arch(arch, None).module.to(device)
+
+    def run(x: torch.Tensor) -> None:
+        model(x.to(device))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     by_batch = {}
     with torch.inference_mode():
         for batch in batches:
             x = torch.from_numpy(np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:]))))
-            throughput, _, _ = _timed(lambda x=x: model(x), batch, seconds)
+            throughput, _, _ = _timed(lambda x=x: run(x), batch, seconds)
             by_batch[batch] = round(throughput, 2)
     best = max(by_batch, key=by_batch.get)
     return {"throughput_by_batch": by_batch, "best_batch": best, "best_throughput": by_batch[best]}

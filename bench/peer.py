@@ -57,6 +57,7 @@ def start_mlserver(
     max_batch_time_s: float,
     output: str = "probabilities",
     timeout: float = 120,
+    cpus: set[int] | None = None,
 ) -> Peer:
     venv, work, model_file = venv.resolve(), work.resolve(), model_file.resolve()
     mlserver = ensure_venv(venv)
@@ -96,6 +97,8 @@ def start_mlserver(
         env=env,
         cwd=model_dir,
     )
+    if cpus:  # as the server's (bench.harness.start_server)
+        os.sched_setaffinity(process.pid, cpus)
     peer = Peer(process, f"127.0.0.1:{port}")
     started = time.monotonic()
     while time.monotonic() - started < timeout:
