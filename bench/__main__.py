@@ -331,10 +331,10 @@ def vision(
     async def go():
         async with AsyncVisionClient(server.target, timeout=120, connections=connections) as client:
             calls = VisionCalls(client, model, images, select)
-            return await run_load(calls, concurrency, check=calls.check, **load)
+            return await run_load(calls, concurrency, check=calls.check, **load), calls.stage_ms()
 
     server_before, client_before = server.cpu_seconds(), time.process_time()
-    result = asyncio.run(go())
+    result, stage_ms = asyncio.run(go())
     server_cpu, client_cpu = server.cpu_seconds() - server_before, time.process_time() - client_before
     summary = _finished(result)
     done = max(1, result.requests * result.images_per_request)
@@ -343,6 +343,9 @@ def vision(
         client_cores=round(client_cpu / result.seconds, 3),
         server_cpu_ms_per_image=round(server_cpu / done * 1e3, 3),
         client_cpu_ms_per_image=round(client_cpu / done * 1e3, 3),
+        # medians of the replies' own stage timings: the rest of a call's latency is outside the stages
+        # (gRPC and protobuf on both sides, the event loop, the client)
+        server_stages_ms=stage_ms,
     )
     return summary
 

@@ -1,19 +1,27 @@
 """Where a served request's time goes: runs attnserve under load (concurrency 16, JPEGs at the model's
 size) and reports how the cores split between the server and the load generator, the server's CPU per
-image, and a py-spy profile of the server summarised by thread and by innermost Python function.
+image, the replies' own stage timings against the latency the client saw, and a py-spy profile of the
+server summarised by thread and by innermost Python function.
 
     python -m bench.profile cbam_classifier       # after python -m bench has exported the models
+    python -m bench.profile cbam_classifier --concurrency 1 --cpus 0   # batch-1 latency, server on core 0
 """
 
 import argparse
+import asyncio
 import collections
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from bench.__main__ import vision
-from bench.harness import start_server
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.__main__ import cpu_list, on_cores, vision
+from bench.harness import ServerProcess, start_server
 from bench.workloads import image_set
 
 
@@ -34,11 +42,32 @@ def summarise(raw: Path, top: int = 6) -> list[str]:
     return lines
 
 
+def bare_call_ms(server: ServerProcess, calls: int = 2000) -> float:
+    """The round trip of a call that does nothing (grpc.health.v1 Check) from this process's asyncio
+    client: the floor under any served request's latency."""
+
+    async def go() -> float:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            times = []
+            for _ in range(calls):
+                started = time.perf_counter()
+                await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                times.append(time.perf_counter() - started)
+        return float(np.median(times[calls // 10 :])) * 1e3  # the first tenth warms the channel up
+
+    return asyncio.run(go())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.splitlines()[0])
     parser.add_argument("model")
     parser.add_argument("--work", type=Path, default=Path(".bench"))
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument(
+        "--cpus", type=cpu_list, help="the server's cores, e.g. 0 (default: all, shared with the load)"
+    )
+    parser.add_argument("--threads", type=int, help="the server's threads (default: one per core)")
+    parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--maps", nargs="*", default=[], help="the maps each request asks for (e.g. all)")
     parser.add_argument(
@@ -47,12 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the load and its CPU figures alone, nothing sampling the server",
     )
     args = parser.parse_args(argv)
+    args.cpus = args.cpus or os.sched_getaffinity(0)
     repository = args.work / "repository"
     images = image_set(repository / args.model / "1", 32)
-    threads = str(args.threads)
+    threads = str(args.threads or len(args.cpus))
     settings = ["--intra-op-threads", threads, "--decode-threads", threads, "--max-batch-size", "16"]
     server = start_server(
-        repository, args.work / "logs" / "profile.log", *settings, "--max-queue-size", "4096"
+        repository, args.work / "logs" / "profile.log", *settings, "--max-queue-size", "4096", cpus=args.cpus
     )
     raw = args.work / "logs" / "profile.txt"
     py_spy = Path(sys.executable).with_name("py-spy")
@@ -73,14 +103,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     try:
         budget = dict(max_requests=10**6, max_seconds=args.seconds)
-        load = vision(server, args.model, images, args.maps, 16, budget)
+        with on_cores(os.sched_getaffinity(0) - args.cpus or args.cpus):
+            floor_ms = bare_call_ms(server)
+            load = vision(server, args.model, images, args.maps, args.concurrency, budget)
         if spy is not None:
             spy.wait(60)
     finally:
         server.stop()
     print(
-        f"{args.model}, concurrency 16, {load['seconds']:.1f} s: {load['throughput_images_per_s']} images/s"
+        f"{args.model}, concurrency {args.concurrency}, {load['seconds']:.1f} s: "
+        f"{load['throughput_images_per_s']} images/s, p50 {load['p50_ms']} ms"
     )
+    stages = load["server_stages_ms"]
+    print("server stages, median ms: " + ", ".join(f"{k} {v}" for k, v in stages.items()))
+    print(f"a bare gRPC call to the same server (health Check, one at a time), median: {floor_ms:.3f} ms")
     print(f"server: {load['server_cores']:.2f} cores, {load['server_cpu_ms_per_image']:.2f} ms CPU per image")
     print(
         f"load generator: {load['client_cores']:.2f} cores, {load['client_cpu_ms_per_image']:.2f} ms CPU "

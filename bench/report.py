@@ -122,7 +122,7 @@ def markdown(results: dict) -> str:
     lines = []
     for name, r in results["models"].items():
         figures = results["ratios"][name]
-        lines += [f"### {name}", "", measured_line(results), ""]
+        lines += [f"### {section_title(name, results)}", "", measured_line(results), ""]
         lines += ["| figure | measured | goal | met |", "|---|---|---|---|"]
         for key, label, goal, test in GOALS:
             if key in figures and figures[key] is not None:
@@ -210,6 +210,16 @@ def _sections(text: str) -> dict[str, str]:
     """``### name`` sections of a page, by model name, in page order."""
     parts = ("\n" + text).split("\n### ")
     return {part.split("\n", 1)[0]: "### " + part.rstrip("\n") + "\n\n" for part in parts[1:]}
+
+
+def section_title(model: str, results: dict) -> str:
+    """A model's heading, naming the provider and the cores where they are not the default (the CPU,
+    every core shared with the load generator): each setting keeps its own section in the docs."""
+    cpus, cores = results.get("cpus", results["machine"]["cores"]), results["machine"]["cores"]
+    setting = [] if results["provider"] == "cpu" else [results["provider"]]
+    if cpus != cores:
+        setting.append(f"server on {cpus} of {cores} cores")
+    return ", ".join([model, *setting])
 
 
 def measured_line(results: dict) -> str:

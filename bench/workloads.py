@@ -73,6 +73,14 @@ class VisionCalls:
         self, client: AsyncVisionClient, model: str, images: ImageSet, select: list[str] = ()
     ) -> None:
         self.client, self.model, self.images, self.select = client, model, images, list(select)
+        self.timings: list[pb.Timing] = []  # the server's own account of each answered request
+
+    def stage_ms(self) -> dict[str, float]:
+        """Each stage's median over the answered requests, and the server's total, in ms."""
+        stages = [f.name for f in pb.Timing.DESCRIPTOR.fields]
+        rows = [[getattr(t, s) for s in stages] for t in self.timings] or [[np.nan] * len(stages)]
+        medians = np.median(np.array(rows, float), axis=0)
+        return {s.removesuffix("_us"): round(float(v) / 1e3, 3) for s, v in zip(stages, medians, strict=True)}
 
     async def __call__(self, i: int) -> tuple[int, pb.ClassifyResponse]:
         k = i % len(self.images.jpegs)
@@ -86,6 +94,7 @@ class VisionCalls:
         check_top1(self.images.probabilities[k], label.class_id, label.score, self.images.tolerance)
         if self.select and not result.maps:
             raise AssertionError(f"maps {self.select} were asked for and not returned")
+        self.timings.append(reply.timing)
 
 
 class TensorCalls:

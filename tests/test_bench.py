@@ -1,13 +1,20 @@
 """The benchmark harness itself, on a tiny run: the load generator counts requests, checks every reply,
-and stops by itself (by request count or by time). No timing is asserted."""
+and stops by itself (by request count or by time); servers run on the cores they are given. No timing is
+asserted."""
 
+import argparse
 import asyncio
+import os
+from pathlib import Path
 
 import grpc
+import pytest
 
 from attnserve.client import AsyncVisionClient
+from bench.__main__ import cpu_list, on_cores
+from bench.harness import _tree, start_server
 from bench.loadgen import run_load
-from bench.report import document, measured_line
+from bench.report import document, measured_line, section_title
 from bench.workloads import TensorCalls, VisionCalls, image_set
 
 
@@ -47,10 +54,13 @@ def test_workloads_against_a_real_server(server, demo_repository):
         async with grpc.aio.insecure_channel(server.target) as channel:
             tensors = TensorCalls(channel, "cbam_classifier", images)
             v2 = await run_load(tensors, 2, 8, 30, check=tensors.check)
-        return with_maps, v2
+        return with_maps, v2, vision.stage_ms()
 
-    with_maps, v2 = asyncio.run(go())
+    with_maps, v2, stages = asyncio.run(go())
     assert (with_maps.requests, with_maps.errors) == (8, 0), with_maps.error_examples
+    # the replies' own stage timings: inference took time, and the total holds every stage
+    assert 0 < stages["inference"] < stages["total"], stages
+    assert stages["decode"] + stages["queue"] + stages["inference"] <= stages["total"], stages
     assert (v2.requests, v2.errors) == (8, 0), v2.error_examples
     wrong = image_set(demo_repository / "cbam_classifier" / "1", 4, seed=1)  # other images' answers
     wrong.jpegs = images.jpegs
@@ -81,3 +91,49 @@ def test_regenerating_the_docs_keeps_the_analysis_and_the_models_not_run():
     assert page.index("| a | old |") < page.index("| b | new |")  # kept in its place
     assert "Measured with `make bench`" in page and "Measured with `python -m bench --models b`" in page
     assert page.endswith("## Where the time goes\n\nprofiles and reasons\n")
+
+
+def test_cores_are_named_as_taskset_names_them():
+    ours = sorted(os.sched_getaffinity(0))
+    assert cpu_list(f"{ours[0]}") == {ours[0]}
+    assert cpu_list(f"{ours[0]}-{ours[-1]}") == set(range(ours[0], ours[-1] + 1)) & set(ours)
+    with pytest.raises(argparse.ArgumentTypeError, match="not ours"):
+        cpu_list(f"{ours[-1] + 1000}")
+
+
+def _allowed_cpus(pid: int) -> set[str]:
+    """The cores each thread of ``pid`` may run on, as the kernel lists them."""
+    lists = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        status = (task / "status").read_text().splitlines()
+        lists.add(next(line.split(":")[1].strip() for line in status if line.startswith("Cpus_allowed_list")))
+    return lists
+
+
+def test_a_server_given_cores_runs_there_with_its_workers_and_threads(demo_repository, tmp_path):
+    """--cpus keeps the server (its supervisor, both workers and all their threads: ONNX Runtime's,
+    decoding, gRPC's) off the load generator's cores; the bench process itself moves and comes back."""
+    core = max(os.sched_getaffinity(0))
+    server = start_server(demo_repository, tmp_path / "server.log", "--workers", "2", cpus={core})
+    try:
+        processes = _tree(server.process.pid)
+        assert len(processes) >= 3, processes  # the supervisor, two workers (and multiprocessing's helper)
+        for pid in processes:
+            assert _allowed_cpus(pid) == {str(core)}, pid
+    finally:
+        assert server.stop() == 0
+    before = os.sched_getaffinity(0)
+    with on_cores({core}):
+        assert os.sched_getaffinity(0) == {core}
+    assert os.sched_getaffinity(0) == before
+
+
+def test_each_provider_and_core_setting_keeps_its_own_section():
+    base = {"machine": {"cpu": "cpu", "cores": 16}, "provider": "cpu", "cpus": 16}
+    assert section_title("m", base) == "m"
+    pinned = {**base, "cpus": 8}
+    assert section_title("m", pinned) == "m, server on 8 of 16 cores"
+    assert section_title("m", {**pinned, "provider": "cuda"}) == "m, cuda, server on 8 of 16 cores"
+    previous = "# Benchmarks\n\n### m\n\n| shared |\n\n## Where the time goes\n"
+    page = document(base, "### m, server on 8 of 16 cores\n\n| pinned |\n", previous)
+    assert "| shared |" in page and "| pinned |" in page
