@@ -90,11 +90,13 @@ def _device_run(session: ort.InferenceSession, outputs: list[str]) -> Callable[[
     """The same model with its input copied to the GPU once and its outputs left there."""
 
     def prepare(x: np.ndarray) -> Callable:
+        on_gpu = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
         binding = session.io_binding()
-        binding.bind_ortvalue_input("images", ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+        binding.bind_ortvalue_input("images", on_gpu)
         for name in outputs:
             binding.bind_output(name, "cuda")
-        return lambda: session.run_with_iobinding(binding)
+        # the binding points into on_gpu's memory: the run holds on to it
+        return lambda on_gpu=on_gpu: session.run_with_iobinding(binding)
 
     return prepare
 

@@ -226,13 +226,13 @@ def measured_line(results: dict) -> str:
     m = results["machine"]
     v = ", ".join(f"{k} {x}" for k, x in results["versions"].items())
     cpus = results.get("cpus", m["cores"])
-    shared = (
+    cores = (
         f"{m['cores']} cores"
         if cpus == m["cores"]
         else f"{m['cores']} cores ({cpus} for session.run and the server, the others for the load generator)"
     )
     return (
-        f"Measured with `{results['command']}` on {time.strftime('%Y-%m-%d')}: {m['cpu']}, {shared}"
+        f"Measured with `{results['command']}` on {time.strftime('%Y-%m-%d')}: {m['cpu']}, {cores}"
         + (f", {m['gpu']}" if m.get("gpu") else "")
         + f", {results['threads']} threads for every contender, provider {results['provider']}"
         + (
