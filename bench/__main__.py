@@ -173,7 +173,7 @@ def bench_model(name: str, args: argparse.Namespace, profile: dict) -> dict:
             name, images.tensors, args.threads, profile["batches"], profile["batch_seconds"], args.provider
         )
     # the load generator keeps off the server's cores, where it has cores of its own
-    with on_cores(os.sched_getaffinity(0) - args.cpus or args.cpus):
+    with on_cores(load_generator_cores(args.cpus)):
         serve_and_load(name, args, profile, repository, images, photos, rollout, out)
     if profile["int8"]:
         log(f"{name}: int8")
@@ -381,6 +381,11 @@ def cpu_list(text: str) -> set[int]:
     if unknown:
         raise argparse.ArgumentTypeError(f"cores {sorted(unknown)} are not ours to run on")
     return cores
+
+
+def load_generator_cores(server_cores: set[int]) -> set[int]:
+    """Our cores but the server's; all of ours where the server has them all (shared)."""
+    return os.sched_getaffinity(0) - server_cores or server_cores
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.__main__ import cpu_list, on_cores, vision
+from bench.__main__ import cpu_list, load_generator_cores, on_cores, vision
 from bench.harness import ServerProcess, start_server
 from bench.workloads import image_set
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     try:
         budget = dict(max_requests=10**6, max_seconds=args.seconds)
-        with on_cores(os.sched_getaffinity(0) - args.cpus or args.cpus):
+        with on_cores(load_generator_cores(args.cpus)):
             floor_ms = bare_call_ms(server)
             load = vision(server, args.model, images, args.maps, args.concurrency, budget)
         if spy is not None:

@@ -96,7 +96,7 @@ def test_regenerating_the_docs_keeps_the_analysis_and_the_models_not_run():
 def test_cores_are_named_as_taskset_names_them():
     ours = sorted(os.sched_getaffinity(0))
     assert cpu_list(f"{ours[0]}") == {ours[0]}
-    assert cpu_list(f"{ours[0]}-{ours[-1]}") == set(range(ours[0], ours[-1] + 1)) & set(ours)
+    assert cpu_list(f"{ours[0]}-{ours[0]},{ours[-1]}") == {ours[0], ours[-1]}
     with pytest.raises(argparse.ArgumentTypeError, match="not ours"):
         cpu_list(f"{ours[-1] + 1000}")
 
