@@ -51,7 +51,7 @@ def onnx_limit(
         variants["with_maps"] = [*manifest.predictions, *maps]
     runs = {variant: _host_run(session, outputs) for variant, outputs in variants.items()}
     if provider == "cuda":
-        runs["device_resident"] = _device_run(session, list(manifest.predictions))
+        runs["device_resident"] = bound_run(session, list(manifest.predictions), "cuda")
     by_batch: dict[str, dict[int, float]] = {v: {} for v in runs}
     cpu_by_batch: dict[str, dict[int, float]] = {v: {} for v in runs}
     latency = {v: float("nan") for v in runs}
@@ -86,17 +86,27 @@ def _host_run(session: ort.InferenceSession, outputs: list[str]) -> Callable[[np
     return lambda x: lambda: session.run(outputs, {"images": x})
 
 
-def _device_run(session: ort.InferenceSession, outputs: list[str]) -> Callable[[np.ndarray], Callable]:
-    """The same model with its input copied to the GPU once and its outputs left there."""
+def bound_run(
+    session: ort.InferenceSession, outputs: list[str], device: str
+) -> Callable[[np.ndarray], Callable]:
+    """The same model with its input copied to ``device`` once and its outputs left there (IO binding).
+    The bench binds to ``"cuda"``; ``"cpu"`` runs the same code where there is no GPU (tests)."""
 
     def prepare(x: np.ndarray) -> Callable:
-        on_gpu = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+        on_device = ort.OrtValue.ortvalue_from_numpy(x, device, 0)
         binding = session.io_binding()
-        binding.bind_ortvalue_input("images", on_gpu)
+        binding.bind_ortvalue_input("images", on_device)
         for name in outputs:
-            binding.bind_output(name, "cuda")
-        # the binding points into on_gpu's memory: the run holds on to it
-        return lambda on_gpu=on_gpu: session.run_with_iobinding(binding)
+            binding.bind_output(name, device)
+
+        def run(on_device: ort.OrtValue = on_device) -> ort.IOBinding:
+            # the binding points into on_device's memory: the run holds on to it
+            session.run_with_iobinding(binding)
+            return binding
+
+        return run
+
+    return prepare
 
     return prepare
 

@@ -8,11 +8,15 @@ import os
 from pathlib import Path
 
 import grpc
+import numpy as np
+import onnxruntime as ort
 import pytest
 
 from attnserve.client import AsyncVisionClient
+from attnserve.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
 from bench.__main__ import cpu_list, on_cores
 from bench.harness import _tree, start_server
+from bench.limits import bound_run
 from bench.loadgen import run_load
 from bench.report import document, measured_line, section_title
 from bench.workloads import TensorCalls, VisionCalls, image_set
@@ -91,6 +95,21 @@ def test_regenerating_the_docs_keeps_the_analysis_and_the_models_not_run():
     assert page.index("| a | old |") < page.index("| b | new |")  # kept in its place
     assert "Measured with `make bench`" in page and "Measured with `python -m bench --models b`" in page
     assert page.endswith("## Where the time goes\n\nprofiles and reasons\n")
+
+
+def test_the_io_bound_limit_computes_what_session_run_does(demo_repository):
+    """The limit's IO-binding variant, bound to the CPU: the bench binds it to the GPU, where no test can
+    run, so its binding and reruns are checked here on the same code."""
+    version = demo_repository / "cbam_classifier" / "1"
+    manifest = Manifest.read(version / MANIFEST_FILE)
+    session = ort.InferenceSession(str(version / MODEL_FILE), providers=["CPUExecutionProvider"])
+    x = image_set(version, 3).tensors
+    run = bound_run(session, list(manifest.predictions), "cpu")(x)
+    for _ in range(2):  # a binding is run again and again by the timing loop
+        got = run().copy_outputs_to_cpu()
+        want = session.run(list(manifest.predictions), {"images": x})
+        assert len(got) == len(want) and all(g.shape == w.shape for g, w in zip(got, want, strict=True))
+        assert all(np.allclose(g, w, atol=1e-5) for g, w in zip(got, want, strict=True))
 
 
 def test_cores_are_named_as_taskset_names_them():
