@@ -80,6 +80,7 @@ PROFILES = {
     ),
 }
 COMPARE_AT = report.COMPARE_AT  # the concurrency at which variants and the peer are compared
+PER_REQUEST = report.PER_REQUEST
 START_TIMEOUT_S = 300  # on CUDA a server warms up every batch size before it is ready (stages/run.py)
 
 
@@ -242,6 +243,9 @@ def serve_and_load(
                 server, name, images, [ROLLOUT], COMPARE_AT, load, args.connections
             )
         out["attnserve_1080p"] = vision(server, name, photos, [], COMPARE_AT, load, args.connections)
+        out["attnserve_several_per_request"] = vision(
+            server, name, images, [], COMPARE_AT // PER_REQUEST, load, args.connections, PER_REQUEST
+        )
         out["attnserve_v2_tensors"] = tensors(server.target, name, images, COMPARE_AT, load)
     finally:
         server.stop()
@@ -324,14 +328,19 @@ def vision(
     concurrency: int,
     load: dict,
     connections: int = DEFAULT_CONNECTIONS,
+    per_request: int = 1,
 ) -> dict:
-    """The vision API under load, with the CPU the server and this load generator each used: on a
-    machine they share, the generator's share is what the server could not have."""
+    """The vision API under load, ``per_request`` JPEGs a request, with the CPU the server and this load
+    generator each used: on a machine they share, the generator's share is what the server could not
+    have."""
 
     async def go():
         async with AsyncVisionClient(server.target, timeout=120, connections=connections) as client:
-            calls = VisionCalls(client, model, images, select)
-            return await run_load(calls, concurrency, check=calls.check, **load), calls.stage_ms()
+            calls = VisionCalls(client, model, images, select, per_request)
+            result = await run_load(
+                calls, concurrency, check=calls.check, images_per_request=per_request, **load
+            )
+            return result, calls.stage_ms()
 
     server_before, client_before = server.cpu_seconds(), time.process_time()
     result, stage_ms = asyncio.run(go())

@@ -42,19 +42,30 @@ def summarise(raw: Path, top: int = 6) -> list[str]:
     return lines
 
 
-def bare_call_ms(server: ServerProcess, calls: int = 2000) -> float:
-    """The round trip of a call that does nothing (grpc.health.v1 Check) from this process's asyncio
-    client: the floor under any served request's latency."""
+def bare_calls(server: ServerProcess, concurrency: int, calls: int = 2000) -> tuple[float, float]:
+    """Calls that do nothing (grpc.health.v1 Check) from this process's asyncio client: the median round
+    trip one at a time, the floor under any served request's latency; and the server's CPU per call
+    with ``concurrency`` in flight, the floor under its CPU per request (gRPC's own work)."""
 
-    async def go() -> float:
+    async def go() -> tuple[float, float]:
         async with grpc.aio.insecure_channel(server.target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
+            check = health_pb2.HealthCheckRequest()
             times = []
             for _ in range(calls):
                 started = time.perf_counter()
-                await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                await stub.Check(check, timeout=5)
                 times.append(time.perf_counter() - started)
-        return float(np.median(times[calls // 10 :])) * 1e3  # the first tenth warms the channel up
+
+            async def in_turn(n: int) -> None:
+                for _ in range(n):
+                    await stub.Check(check, timeout=5)
+
+            cpu = server.cpu_seconds()
+            await asyncio.gather(*(in_turn(calls // concurrency) for _ in range(concurrency)))
+            cpu_per_call = (server.cpu_seconds() - cpu) / (calls // concurrency * concurrency)
+        # the first tenth warms the channel up
+        return float(np.median(times[calls // 10 :])) * 1e3, cpu_per_call * 1e3
 
     return asyncio.run(go())
 
@@ -80,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     repository = args.work / "repository"
     images = image_set(repository / args.model / "1", 32)
     threads = str(args.threads or len(args.cpus))
+    (args.work / "logs").mkdir(parents=True, exist_ok=True)
     settings = ["--intra-op-threads", threads, "--decode-threads", threads, "--max-batch-size", "16"]
     server = start_server(
         repository, args.work / "logs" / "profile.log", *settings, "--max-queue-size", "4096", cpus=args.cpus
@@ -104,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         budget = dict(max_requests=10**6, max_seconds=args.seconds)
         with on_cores(load_generator_cores(args.cpus)):
-            floor_ms = bare_call_ms(server)
+            floor_ms, floor_cpu_ms = bare_calls(server, args.concurrency)
             load = vision(server, args.model, images, args.maps, args.concurrency, budget)
         if spy is not None:
             spy.wait(60)
@@ -116,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     stages = load["server_stages_ms"]
     print("server stages, median ms: " + ", ".join(f"{k} {v}" for k, v in stages.items()))
-    print(f"a bare gRPC call to the same server (health Check, one at a time), median: {floor_ms:.3f} ms")
+    print(
+        f"a bare gRPC call to the same server (health Check): {floor_ms:.3f} ms median round trip one at a "
+        f"time, {floor_cpu_ms:.3f} ms of server CPU per call at concurrency {args.concurrency}"
+    )
     print(f"server: {load['server_cores']:.2f} cores, {load['server_cpu_ms_per_image']:.2f} ms CPU per image")
     print(
         f"load generator: {load['client_cores']:.2f} cores, {load['client_cpu_ms_per_image']:.2f} ms CPU "

@@ -66,13 +66,19 @@ def check_top1(expected: np.ndarray, class_id: int, score: float, tolerance: flo
 
 
 class VisionCalls:
-    """Classify over the vision API, one JPEG per request, with the attention maps ``select`` names
-    (map names or kinds, ``["all"]``, or none)."""
+    """Classify over the vision API, ``per_request`` JPEGs a request, with the attention maps ``select``
+    names (map names or kinds, ``["all"]``, or none)."""
 
     def __init__(
-        self, client: AsyncVisionClient, model: str, images: ImageSet, select: list[str] = ()
+        self,
+        client: AsyncVisionClient,
+        model: str,
+        images: ImageSet,
+        select: list[str] = (),
+        per_request: int = 1,
     ) -> None:
         self.client, self.model, self.images, self.select = client, model, images, list(select)
+        self.per_request = per_request
         self.timings: list[pb.Timing] = []  # the server's own account of each answered request
 
     def stage_ms(self) -> dict[str, float]:
@@ -82,18 +88,20 @@ class VisionCalls:
         medians = np.median(np.array(rows, float), axis=0)
         return {s.removesuffix("_us"): round(float(v) / 1e3, 3) for s, v in zip(stages, medians, strict=True)}
 
-    async def __call__(self, i: int) -> tuple[int, pb.ClassifyResponse]:
-        k = i % len(self.images.jpegs)
-        reply = await self.client.classify([self.images.jpegs[k]], self.model, top_k=1, select=self.select)
-        return k, reply
+    async def __call__(self, i: int) -> tuple[list[int], pb.ClassifyResponse]:
+        ks = [(i * self.per_request + j) % len(self.images.jpegs) for j in range(self.per_request)]
+        jpegs = [self.images.jpegs[k] for k in ks]
+        return ks, await self.client.classify(jpegs, self.model, top_k=1, select=self.select)
 
-    def check(self, outcome: tuple[int, pb.ClassifyResponse]) -> None:
-        k, reply = outcome
-        result = reply.results[0]
-        label = result.labels[0]
-        check_top1(self.images.probabilities[k], label.class_id, label.score, self.images.tolerance)
-        if self.select and not result.maps:
-            raise AssertionError(f"maps {self.select} were asked for and not returned")
+    def check(self, outcome: tuple[list[int], pb.ClassifyResponse]) -> None:
+        ks, reply = outcome
+        if len(reply.results) != len(ks):
+            raise AssertionError(f"{len(reply.results)} results for {len(ks)} images")
+        for k, result in zip(ks, reply.results, strict=True):
+            label = result.labels[0]
+            check_top1(self.images.probabilities[k], label.class_id, label.score, self.images.tolerance)
+            if self.select and not result.maps:
+                raise AssertionError(f"maps {self.select} were asked for and not returned")
         self.timings.append(reply.timing)
 
 

@@ -5,6 +5,7 @@ asserted."""
 import argparse
 import asyncio
 import os
+import re
 from pathlib import Path
 
 import grpc
@@ -18,6 +19,7 @@ from bench.__main__ import cpu_list, on_cores
 from bench.harness import _tree, start_server
 from bench.limits import bound_run
 from bench.loadgen import run_load
+from bench.profile import main as profile_main
 from bench.report import document, measured_line, section_title
 from bench.workloads import TensorCalls, VisionCalls, image_set
 
@@ -55,13 +57,18 @@ def test_workloads_against_a_real_server(server, demo_repository):
         async with AsyncVisionClient(server.target) as client:
             vision = VisionCalls(client, "cbam_classifier", images, ["all"])
             with_maps = await run_load(vision, 2, 8, 30, check=vision.check)
+            several = VisionCalls(client, "cbam_classifier", images, per_request=3)
+            grouped = await run_load(several, 2, 4, 30, check=several.check, images_per_request=3)
         async with grpc.aio.insecure_channel(server.target) as channel:
             tensors = TensorCalls(channel, "cbam_classifier", images)
             v2 = await run_load(tensors, 2, 8, 30, check=tensors.check)
-        return with_maps, v2, vision.stage_ms()
+        return with_maps, grouped, v2, vision.stage_ms()
 
-    with_maps, v2, stages = asyncio.run(go())
+    with_maps, grouped, v2, stages = asyncio.run(go())
     assert (with_maps.requests, with_maps.errors) == (8, 0), with_maps.error_examples
+    # three images a request, each answer checked against its own image
+    assert (grouped.requests, grouped.errors) == (4, 0), grouped.error_examples
+    assert grouped.throughput == 12 / grouped.seconds
     # the replies' own stage timings: inference took time, and the total holds every stage
     assert 0 < stages["inference"] < stages["total"], stages
     assert stages["decode"] + stages["queue"] + stages["inference"] <= stages["total"], stages
@@ -72,9 +79,12 @@ def test_workloads_against_a_real_server(server, demo_repository):
     async def mismatched():
         async with AsyncVisionClient(server.target) as client:
             calls = VisionCalls(client, "cbam_classifier", wrong)
-            return await run_load(calls, 1, 4, 30, check=calls.check)
+            one = await run_load(calls, 1, 4, 30, check=calls.check)
+            calls = VisionCalls(client, "cbam_classifier", wrong, per_request=2)
+            return one, await run_load(calls, 1, 4, 30, check=calls.check, images_per_request=2)
 
-    assert asyncio.run(mismatched()).errors > 0, "checks catch answers to the wrong images"
+    one, several = asyncio.run(mismatched())
+    assert one.errors > 0 and several.errors > 0, "checks catch answers to the wrong images"
 
 
 def test_regenerating_the_docs_keeps_the_analysis_and_the_models_not_run():
@@ -156,3 +166,17 @@ def test_each_provider_and_core_setting_keeps_its_own_section():
     previous = "# Benchmarks\n\n### m\n\n| shared |\n\n## Where the time goes\n"
     page = document(base, "### m, server on 8 of 16 cores\n\n| pinned |\n", previous)
     assert "| shared |" in page and "| pinned |" in page
+
+
+def test_the_profile_reports_the_load_the_stages_and_the_bare_call_floor(demo_repository, tmp_path, capsys):
+    """python -m bench.profile end to end on a real server, briefly and without py-spy: every figure it
+    prints is measured (no timing is asserted, only that each was taken)."""
+    (tmp_path / "repository").symlink_to(demo_repository)
+    argv = ["cbam_classifier", "--work", str(tmp_path), "--seconds", "1", "--concurrency", "4", "--no-py-spy"]
+    assert profile_main(argv) == 0
+    out = capsys.readouterr().out
+    throughput = re.search(r"concurrency 4, [\d.]+ s: ([\d.]+) images/s", out)
+    floor = re.search(r"health Check\): ([\d.]+) ms median .*, ([\d.]+) ms of server CPU per call", out)
+    assert throughput and float(throughput[1]) > 0, out
+    assert floor and float(floor[1]) > 0 and float(floor[2]) > 0, out
+    assert re.search(r"server stages, median ms: decode [\d.]+, preprocess", out), out
