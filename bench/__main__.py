@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from attnserve.manifest import MANIFEST_FILE, Manifest
 from attnserve.models.outputs import ROLLOUT
 from bench import limits, report
 from bench.harness import ServerProcess, start_server
-from bench.loadgen import LoadResult, run_load
+from bench.loadgen import LoadResult, run_load, run_stream
 from bench.peer import start_mlserver
 from bench.workloads import ImageSet, TensorCalls, VisionCalls, image_set
 
@@ -246,6 +246,7 @@ def serve_and_load(
         out["attnserve_several_per_request"] = vision(
             server, name, images, [], COMPARE_AT // PER_REQUEST, load, args.connections, PER_REQUEST
         )
+        out["attnserve_stream"] = stream(server, name, images, COMPARE_AT, load)
         out["attnserve_v2_tensors"] = tensors(server.target, name, images, COMPARE_AT, load)
     finally:
         server.stop()
@@ -330,17 +331,40 @@ def vision(
     connections: int = DEFAULT_CONNECTIONS,
     per_request: int = 1,
 ) -> dict:
-    """The vision API under load, ``per_request`` JPEGs a request, with the CPU the server and this load
-    generator each used: on a machine they share, the generator's share is what the server could not
-    have."""
+    """The vision API under load, ``per_request`` JPEGs a request."""
 
-    async def go():
+    async def go(calls: VisionCalls) -> LoadResult:
+        return await run_load(calls, concurrency, check=calls.check, images_per_request=per_request, **load)
+
+    return _measured(server, model, images, select, connections, per_request, go)
+
+
+def stream(server: ServerProcess, model: str, images: ImageSet, in_flight: int, load: dict) -> dict:
+    """One StreamClassify stream that keeps ``in_flight`` frames unanswered: what one video client
+    sending as fast as it is answered gets."""
+
+    async def go(calls: VisionCalls) -> LoadResult:
+        return await run_stream(calls.stream, in_flight, check=calls.check, **load)
+
+    return _measured(server, model, images, [], 1, 1, go)
+
+
+def _measured(
+    server: ServerProcess,
+    model: str,
+    images: ImageSet,
+    select: list[str],
+    connections: int,
+    per_request: int,
+    load: Callable[[VisionCalls], Awaitable[LoadResult]],
+) -> dict:
+    """A load's summary with the CPU the server and this load generator each used (on a machine they
+    share, the generator's share is what the server could not have) and the replies' stage timings."""
+
+    async def go() -> tuple[LoadResult, dict]:
         async with AsyncVisionClient(server.target, timeout=120, connections=connections) as client:
             calls = VisionCalls(client, model, images, select, per_request)
-            result = await run_load(
-                calls, concurrency, check=calls.check, images_per_request=per_request, **load
-            )
-            return result, calls.stage_ms()
+            return await load(calls), calls.stage_ms()
 
     server_before, client_before = server.cpu_seconds(), time.process_time()
     result, stage_ms = asyncio.run(go())

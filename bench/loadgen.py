@@ -1,10 +1,12 @@
-"""A load generator: ``concurrency`` workers call an async function back to back until ``max_requests``
-calls have started or ``max_seconds`` have passed, whichever comes first; it always stops by itself.
-Every reply goes through ``check``, so a wrong answer counts as an error, not as speed."""
+"""A load generator: ``concurrency`` workers call an async function back to back, or one stream keeps
+``in_flight`` requests unanswered, until ``max_requests`` requests have started or ``max_seconds`` have
+passed, whichever comes first; it always stops by itself. Every reply goes through ``check``, so a
+wrong answer counts as an error, not as speed."""
 
 import asyncio
+import collections
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,3 +77,48 @@ async def run_load(
     return LoadResult(
         concurrency, len(latencies), len(errors), elapsed, latencies, images_per_request, errors[:3]
     )
+
+
+async def run_stream(
+    open_stream: Callable[[AsyncIterator[int]], AsyncIterator[object]],
+    in_flight: int,
+    max_requests: int,
+    max_seconds: float,
+    check: Callable[[object], None] = lambda reply: None,
+) -> LoadResult:
+    """``open_stream(indices)`` sends request ``i`` for each index it is given and yields the answers in
+    order; an index is given while fewer than ``in_flight`` are unanswered. ``check(answer)`` raises if
+    an answer is wrong; a failed stream counts as an error. A latency runs from an index's handing out
+    to its answer."""
+    started = time.perf_counter()
+    deadline = started + max_seconds
+    room = asyncio.Semaphore(in_flight)
+    handed_out: collections.deque[float] = collections.deque()
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def indices() -> AsyncIterator[int]:
+        i = 0
+        while i < max_requests and time.perf_counter() < deadline:
+            await room.acquire()
+            handed_out.append(time.perf_counter())
+            yield i
+            i += 1
+
+    async def take() -> None:
+        async for answer in open_stream(indices()):
+            t0 = handed_out.popleft()
+            room.release()
+            try:
+                check(answer)
+            except Exception as exc:  # a wrong answer is a measured outcome
+                errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+                continue
+            latencies.append(time.perf_counter() - t0)
+
+    try:
+        await asyncio.wait_for(take(), timeout=max_seconds + 30)
+    except Exception as exc:  # the stream failed or hung: measured, not a crash of the harness
+        errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+    elapsed = time.perf_counter() - started
+    return LoadResult(in_flight, len(latencies), len(errors), elapsed, latencies, 1, errors[:3])

@@ -32,6 +32,9 @@ def ratios(r: dict) -> dict:
         / r["limit"]["best_throughput"]
         if "attnserve_several_per_request" in r
         else None,
+        "stream_vs_limit": r["attnserve_stream"]["throughput_images_per_s"] / r["limit"]["best_throughput"]
+        if "attnserve_stream" in r
+        else None,
         "onnxruntime_vs_eager": r["limit"]["best_throughput"] / r["eager"]["best_throughput"],
     }
     if "device_resident" in r["limit"]:
@@ -116,6 +119,12 @@ GOALS = [  # (key, figure, goal text, test)
         "—",
         None,
     ),
+    (
+        "stream_vs_limit",
+        f"attnserve, one stream with {COMPARE_AT} frames in flight / ONNX Runtime limit",
+        "—",
+        None,
+    ),
     ("v2_throughput_vs_mlserver", "attnserve / MLServer throughput, V2, c=16", "≥ 2", lambda v: v >= 2),
     ("v2_p99_vs_mlserver", "attnserve / MLServer p99, V2 tensors, c=16", "≤ 1", lambda v: v <= 1),
     ("onnxruntime_vs_eager", "ONNX Runtime limit / PyTorch eager (throughput)", "≥ 2", lambda v: v >= 2),
@@ -185,6 +194,7 @@ def markdown(results: dict) -> str:
                 "attnserve_several_per_request",
                 f"attnserve, {PER_REQUEST} JPEGs a request, c={COMPARE_AT // PER_REQUEST}",
             ),
+            ("attnserve_stream", f"attnserve, one stream, {COMPARE_AT} frames in flight"),
             ("attnserve_no_batching", "attnserve, batching off, c=16"),
             ("attnserve_v2_tensors", "attnserve V2 tensors, c=16"),
             ("mlserver_v2_tensors", "MLServer V2 tensors, c=16"),

@@ -2,7 +2,9 @@
 model's size or at 1920×1080, or as preprocessed tensors; expected answers from the exported model run
 directly in ONNX Runtime on the same pixels."""
 
+import collections
 import io
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,13 +90,30 @@ class VisionCalls:
         medians = np.median(np.array(rows, float), axis=0)
         return {s.removesuffix("_us"): round(float(v) / 1e3, 3) for s, v in zip(stages, medians, strict=True)}
 
-    async def __call__(self, i: int) -> tuple[list[int], pb.ClassifyResponse]:
-        ks = [(i * self.per_request + j) % len(self.images.jpegs) for j in range(self.per_request)]
-        jpegs = [self.images.jpegs[k] for k in ks]
-        return ks, await self.client.classify(jpegs, self.model, top_k=1, select=self.select)
+    def _indices(self, i: int) -> list[int]:
+        """The images of request ``i``."""
+        return [(i * self.per_request + j) % len(self.images.jpegs) for j in range(self.per_request)]
 
-    def check(self, outcome: tuple[list[int], pb.ClassifyResponse]) -> None:
-        ks, reply = outcome
+    async def __call__(self, i: int) -> tuple[int, pb.ClassifyResponse]:
+        jpegs = [self.images.jpegs[k] for k in self._indices(i)]
+        return i, await self.client.classify(jpegs, self.model, top_k=1, select=self.select)
+
+    async def stream(self, indices: AsyncIterator[int]) -> AsyncIterator[tuple[int, pb.ClassifyResponse]]:
+        """Request ``i`` for each index, as frames of one StreamClassify stream (one image a frame, so
+        ``per_request`` 1), each answer paired with its index."""
+        sent: collections.deque[int] = collections.deque()
+
+        async def frames() -> AsyncIterator[bytes]:
+            async for i in indices:
+                sent.append(i)
+                yield self.images.jpegs[self._indices(i)[0]]
+
+        async for reply in self.client.stream_classify(frames(), self.model, top_k=1, select=self.select):
+            yield sent.popleft(), reply
+
+    def check(self, outcome: tuple[int, pb.ClassifyResponse]) -> None:
+        i, reply = outcome
+        ks = self._indices(i)
         if len(reply.results) != len(ks):
             raise AssertionError(f"{len(reply.results)} results for {len(ks)} images")
         for k, result in zip(ks, reply.results, strict=True):

@@ -5,9 +5,10 @@ with VisionClient("localhost:50051") as client:
     heat = map_array(reply.results[0].maps[0])
 """
 
+import functools
 import io
 import itertools
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -91,6 +92,20 @@ def detect_request(
     return _with_present(request, score_threshold=score_threshold, max_detections=max_detections)
 
 
+def frame_requests(
+    frames: Iterable[ImageLike] | AsyncIterable[ImageLike], request: Callable[[list[ImageLike]], _Request]
+) -> Iterator[_Request] | AsyncIterator[_Request]:
+    """A stream's requests, one frame each; frames an async iterable yields are sent as they come."""
+    if isinstance(frames, AsyncIterable):
+
+        async def each() -> AsyncIterator[_Request]:
+            async for frame in frames:
+                yield request([frame])
+
+        return each()
+    return (request([frame]) for frame in frames)
+
+
 def _with_present(request: _Request, **optional: float | None) -> _Request:
     """Set the optional fields that were given; unset ones keep their server-side defaults."""
     for name, value in optional.items():
@@ -151,17 +166,16 @@ class VisionClient:
     def stream_detect(
         self, frames: Iterable[ImageLike], model: str, **options
     ) -> Iterator[pb.DetectResponse]:
-        """One response per frame, in order (video)."""
-        return self.stub.StreamDetect(
-            (detect_request([f], model, **options) for f in frames), metadata=self.security.metadata
-        )
+        """One response per frame, in order (video); the server runs up to its stream_window at once."""
+        requests = frame_requests(frames, functools.partial(detect_request, model=model, **options))
+        return self.stub.StreamDetect(requests, metadata=self.security.metadata)
 
     def stream_classify(
         self, frames: Iterable[ImageLike], model: str, **options
     ) -> Iterator[pb.ClassifyResponse]:
-        return self.stub.StreamClassify(
-            (classify_request([f], model, **options) for f in frames), metadata=self.security.metadata
-        )
+        """One response per frame, in order; the server runs up to its stream_window at once."""
+        requests = frame_requests(frames, functools.partial(classify_request, model=model, **options))
+        return self.stub.StreamClassify(requests, metadata=self.security.metadata)
 
     def list_models(self) -> pb.ListModelsResponse:
         return self.stub.ListModels(
@@ -229,11 +243,19 @@ class AsyncVisionClient:
         )
 
     async def stream_detect(
-        self, frames: Iterable[ImageLike], model: str, **options
+        self, frames: Iterable[ImageLike] | AsyncIterable[ImageLike], model: str, **options
     ) -> AsyncIterator[pb.DetectResponse]:
-        async for reply in self.stub.StreamDetect(
-            (detect_request([f], model, **options) for f in frames), metadata=self.security.metadata
-        ):
+        """One response per frame, in order; frames may come from an async iterable (a camera)."""
+        requests = frame_requests(frames, functools.partial(detect_request, model=model, **options))
+        async for reply in self.stub.StreamDetect(requests, metadata=self.security.metadata):
+            yield reply
+
+    async def stream_classify(
+        self, frames: Iterable[ImageLike] | AsyncIterable[ImageLike], model: str, **options
+    ) -> AsyncIterator[pb.ClassifyResponse]:
+        """One response per frame, in order; frames may come from an async iterable (a camera)."""
+        requests = frame_requests(frames, functools.partial(classify_request, model=model, **options))
+        async for reply in self.stub.StreamClassify(requests, metadata=self.security.metadata):
             yield reply
 
     async def list_models(self) -> pb.ListModelsResponse:

@@ -111,9 +111,11 @@ async def serve(settings: Settings, link: WorkerLink | None = None) -> int:
     registry = ModelRegistry()
     dataplane = DataPlane(settings, registry, metrics)
     server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
-    vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(dataplane, metrics), server)
+    vision_pb2_grpc.add_VisionServiceServicer_to_server(
+        VisionServicer(dataplane, metrics, settings.stream_window), server
+    )
     grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(dataplane, metrics, version("attnserve")), server
+        InferenceServicer(dataplane, metrics, version("attnserve"), settings.stream_window), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -139,6 +139,13 @@ class Settings:
             "help": "calls at once on one connection (HTTP/2); a client's further calls wait on its side"
         },
     )
+    stream_window: int = field(
+        default=16,
+        metadata={
+            "help": "requests of one stream (StreamClassify, StreamDetect, ModelStreamInfer) run at once, "
+            "answered in order; 1: one at a time"
+        },
+    )
     keepalive_time_s: float = field(
         default=60.0, metadata={"help": "ping a connection idle this long, to find peers that vanished"}
     )
@@ -217,6 +224,7 @@ class Settings:
             "max_request_pixels",
             "max_map_side",
             "default_top_k",
+            "stream_window",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")

@@ -18,7 +18,7 @@ from attnserve.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
 from bench.__main__ import cpu_list, on_cores
 from bench.harness import _tree, start_server
 from bench.limits import bound_run
-from bench.loadgen import run_load
+from bench.loadgen import run_load, run_stream
 from bench.profile import main as profile_main
 from bench.report import document, measured_line, section_title
 from bench.workloads import TensorCalls, VisionCalls, image_set
@@ -35,6 +35,34 @@ def test_load_generator_stops_by_count_and_by_time():
     result = asyncio.run(run_load(call, concurrency=4, max_requests=25, max_seconds=60))
     assert result.requests == 25 and sorted(calls) == list(range(25)) and result.errors == 0
     timed = asyncio.run(run_load(call, concurrency=2, max_requests=10**9, max_seconds=0.3))
+    assert 0.3 <= timed.seconds < 5 and timed.requests > 0
+
+
+def test_a_stream_load_keeps_its_requests_in_flight_and_stops_by_itself():
+    outstanding, most = 0, 0
+
+    async def echo(indices):
+        nonlocal outstanding, most
+        sent = asyncio.Queue()
+
+        async def send():
+            nonlocal outstanding, most
+            async for i in indices:
+                outstanding += 1
+                most = max(most, outstanding)
+                sent.put_nowait(i)
+            sent.put_nowait(None)
+
+        sender = asyncio.ensure_future(send())
+        while (i := await sent.get()) is not None:
+            await asyncio.sleep(0.001)
+            outstanding -= 1
+            yield i
+        await sender
+
+    result = asyncio.run(run_stream(echo, 3, 20, 60, check=lambda i: None))
+    assert (result.requests, result.errors) == (20, 0) and most == 3
+    timed = asyncio.run(run_stream(echo, 2, 10**9, 0.3))
     assert 0.3 <= timed.seconds < 5 and timed.requests > 0
 
 
@@ -59,12 +87,14 @@ def test_workloads_against_a_real_server(server, demo_repository):
             with_maps = await run_load(vision, 2, 8, 30, check=vision.check)
             several = VisionCalls(client, "cbam_classifier", images, per_request=3)
             grouped = await run_load(several, 2, 4, 30, check=several.check, images_per_request=3)
+            streamed = await run_stream(vision.stream, 3, 10, 30, check=vision.check)
         async with grpc.aio.insecure_channel(server.target) as channel:
             tensors = TensorCalls(channel, "cbam_classifier", images)
             v2 = await run_load(tensors, 2, 8, 30, check=tensors.check)
-        return with_maps, grouped, v2, vision.stage_ms()
+        return with_maps, grouped, streamed, v2, vision.stage_ms()
 
-    with_maps, grouped, v2, stages = asyncio.run(go())
+    with_maps, grouped, streamed, v2, stages = asyncio.run(go())
+    assert (streamed.requests, streamed.errors) == (10, 0), streamed.error_examples
     assert (with_maps.requests, with_maps.errors) == (8, 0), with_maps.error_examples
     # three images a request, each answer checked against its own image
     assert (grouped.requests, grouped.errors) == (4, 0), grouped.error_examples
@@ -81,10 +111,12 @@ def test_workloads_against_a_real_server(server, demo_repository):
             calls = VisionCalls(client, "cbam_classifier", wrong)
             one = await run_load(calls, 1, 4, 30, check=calls.check)
             calls = VisionCalls(client, "cbam_classifier", wrong, per_request=2)
-            return one, await run_load(calls, 1, 4, 30, check=calls.check, images_per_request=2)
+            several = await run_load(calls, 1, 4, 30, check=calls.check, images_per_request=2)
+            calls = VisionCalls(client, "cbam_classifier", wrong)
+            return one, several, await run_stream(calls.stream, 2, 4, 30, check=calls.check)
 
-    one, several = asyncio.run(mismatched())
-    assert one.errors > 0 and several.errors > 0, "checks catch answers to the wrong images"
+    one, several, streamed = asyncio.run(mismatched())
+    assert min(one.errors, several.errors, streamed.errors) > 0, "checks catch answers to the wrong images"
 
 
 def test_regenerating_the_docs_keeps_the_analysis_and_the_models_not_run():

@@ -10,7 +10,9 @@ them when it names none), and they come back in ``raw_output_contents``. A reque
 tensors' formats are service/open_inference.py's, shared with the HTTP front-end.
 """
 
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import aclosing
 
 import grpc
 
@@ -18,7 +20,7 @@ from attnserve.api.inference.v2 import grpc_predict_v2_pb2 as pb
 from attnserve.api.inference.v2 import grpc_predict_v2_pb2_grpc
 from attnserve.service.dataplane import DataPlane
 from attnserve.service.errors import ServiceError, invalid
-from attnserve.service.grpc.calls import observed, outcome
+from attnserve.service.grpc.calls import in_order, observed, outcome
 from attnserve.service.messages import InferResult
 from attnserve.service.metrics import Metrics
 from attnserve.service.open_inference import (
@@ -33,10 +35,11 @@ PLATFORM = "onnxruntime_onnx"
 
 
 class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, metrics: Metrics, version: str) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: Metrics, version: str, stream_window: int) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
         self.version = version
+        self.stream_window = stream_window
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -102,20 +105,21 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """One response per request; a failed request answers with its error and the stream goes on."""
-        async for request in requests:
-            code, value = await outcome(
-                self.metrics,
-                self.dataplane,
-                "ModelStreamInfer",
-                request.model_name,
-                context,
-                lambda deadline, r=request: self._infer(r, deadline),
+        """One response per request, in order, up to stream_window of them at once; a failed request
+        answers with its error and the stream goes on."""
+
+        def start(request: pb.ModelInferRequest) -> Awaitable[tuple]:
+            work = functools.partial(self._infer, request)
+            return outcome(
+                self.metrics, self.dataplane, "ModelStreamInfer", request.model_name, context, work
             )
-            if code is None:
-                yield pb.ModelStreamInferResponse(infer_response=value)
-            else:
-                yield pb.ModelStreamInferResponse(error_message=f"{code.name}: {value}")
+
+        async with aclosing(in_order(requests, self.stream_window, start)) as outcomes:
+            async for code, value in outcomes:
+                if code is None:
+                    yield pb.ModelStreamInferResponse(infer_response=value)
+                else:
+                    yield pb.ModelStreamInferResponse(error_message=f"{code.name}: {value}")
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
