@@ -108,8 +108,6 @@ def bound_run(
 
     return prepare
 
-    return prepare
-
 
 def torch_eager(
     arch: str, images: np.ndarray, threads: int, batches: list[int], seconds: float, provider: str = "cpu"

@@ -92,7 +92,7 @@ def detect_request(
     return _with_present(request, score_threshold=score_threshold, max_detections=max_detections)
 
 
-def frame_requests(
+def _frame_requests(
     frames: Iterable[ImageLike] | AsyncIterable[ImageLike], request: Callable[[list[ImageLike]], _Request]
 ) -> Iterator[_Request] | AsyncIterator[_Request]:
     """A stream's requests, one frame each; frames an async iterable yields are sent as they come."""
@@ -167,14 +167,14 @@ class VisionClient:
         self, frames: Iterable[ImageLike], model: str, **options
     ) -> Iterator[pb.DetectResponse]:
         """One response per frame, in order (video); the server runs up to its stream_window at once."""
-        requests = frame_requests(frames, functools.partial(detect_request, model=model, **options))
+        requests = _frame_requests(frames, functools.partial(detect_request, model=model, **options))
         return self.stub.StreamDetect(requests, metadata=self.security.metadata)
 
     def stream_classify(
         self, frames: Iterable[ImageLike], model: str, **options
     ) -> Iterator[pb.ClassifyResponse]:
         """One response per frame, in order; the server runs up to its stream_window at once."""
-        requests = frame_requests(frames, functools.partial(classify_request, model=model, **options))
+        requests = _frame_requests(frames, functools.partial(classify_request, model=model, **options))
         return self.stub.StreamClassify(requests, metadata=self.security.metadata)
 
     def list_models(self) -> pb.ListModelsResponse:
@@ -246,7 +246,7 @@ class AsyncVisionClient:
         self, frames: Iterable[ImageLike] | AsyncIterable[ImageLike], model: str, **options
     ) -> AsyncIterator[pb.DetectResponse]:
         """One response per frame, in order; frames may come from an async iterable (a camera)."""
-        requests = frame_requests(frames, functools.partial(detect_request, model=model, **options))
+        requests = _frame_requests(frames, functools.partial(detect_request, model=model, **options))
         async for reply in self.stub.StreamDetect(requests, metadata=self.security.metadata):
             yield reply
 
@@ -254,7 +254,7 @@ class AsyncVisionClient:
         self, frames: Iterable[ImageLike] | AsyncIterable[ImageLike], model: str, **options
     ) -> AsyncIterator[pb.ClassifyResponse]:
         """One response per frame, in order; frames may come from an async iterable (a camera)."""
-        requests = frame_requests(frames, functools.partial(classify_request, model=model, **options))
+        requests = _frame_requests(frames, functools.partial(classify_request, model=model, **options))
         async for reply in self.stub.StreamClassify(requests, metadata=self.security.metadata):
             yield reply
 
