@@ -91,8 +91,8 @@ def _build() -> Plane:
     dataplane.readiness.all_loaded()
     built = Plane(
         dataplane,
-        VisionServicer(dataplane, metrics),
-        InferenceServicer(dataplane, metrics, "fuzz"),
+        VisionServicer(dataplane, metrics, settings.stream_window),
+        InferenceServicer(dataplane, metrics, "fuzz", settings.stream_window),
         loop,
     )
     atexit.register(built.close)
